@@ -1,0 +1,194 @@
+"""One typed config tree: dataclasses, loaded from YAML, overridden by ``key=value``.
+
+Every run directory holds the resolved tree as ``config.yaml``; loading it back gives the
+same tree. Unknown keys and values of the wrong type are errors that name the key, so a
+typo in a recipe never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the tree (unknown key, wrong type)."""
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    clip_seconds: float = 4.0
+    n_fft: int = 512
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float | None = None
+    max_seconds: float | None = 600.0  # decode cap: longer files are read up to this length
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None
+    val: str | None = None
+    on_bad_sample: str = "skip"  # skip (log + count) | fail (abort with file:line)
+    pairs: str = "all"  # all: every caption row once per epoch | one_per_clip: one random caption per clip
+    cache_dir: str | None = None  # on-disk cache of decoded, resampled clips
+    num_workers: int = 1
+
+
+@dataclass
+class ModelConfig:
+    audio_encoder: str = "cnn"
+    text_encoder: str = "transformer"
+    embed_dim: int = 256
+    audio_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # stem, then one block each
+    text_width: int = 256
+    text_layers: int = 2
+    text_heads: int = 4
+    text_pooling: str = "mean"  # mean | cls
+    max_tokens: int = 48
+    vocab_size: int = 2000
+    dropout: float = 0.1
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "infonce"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
+    log_every: int = 1  # steps between metrics.jsonl records
+    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    eval_batch_size: int = 128
+
+
+@dataclass
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a dataclass field annotation, converting ints to floats."""
+    hint = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if hint in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not a valid {annotation}")
+    if hint is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" as a string
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML).
+
+    ``objective.options.<name>=value`` sets a free-form objective option.
+    """
+    data = Config().to_dict()
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        _merge(data, loaded, "")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return config_from_dict(data)
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
+    if not isinstance(new, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {new!r}")
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "options":
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])} in override {key}")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise ConfigError(f"cannot set {key}: its parent is not a section")
+    node[parts[-1]] = value

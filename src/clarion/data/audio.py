@@ -1,0 +1,237 @@
+"""Audio decoding, length fitting, an on-disk clip cache and the log-mel front end.
+
+Decoding uses soundfile (wav/flac/ogg/aiff, ...) and resampling uses soxr; every
+failure to produce usable samples surfaces as :class:`AudioError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+_DECODE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
+
+
+class AudioError(Exception):
+    """A clip that cannot be used; ``str(e) == f"{path}: {reason}"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(str(path), reason)
+        self.path = str(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def _sf_message(exc: BaseException) -> str:
+    """soundfile's own description of a failure, without the path it repeats."""
+    message = getattr(exc, "error_string", None) or str(exc)
+    return message.strip().rstrip(".")
+
+
+def _n_frames(seconds: float, rate: int) -> int:
+    """``ceil(seconds * rate)``, tolerant of float error such as 0.1 * 44100 = 4410.000000000001."""
+    return math.ceil(seconds * rate - 1e-6)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Decode a file to a mono float32 waveform at ``sample_rate``.
+
+    Channels are averaged, ``x[t] = mean_c x[t, c]``, then the signal is resampled with
+    soxr ("HQ") when the file's rate ``r`` differs. With ``max_seconds`` only the first
+    ``ceil(max_seconds * r)`` frames are read, and the result holds at most
+    ``ceil(max_seconds * sample_rate)`` samples.
+
+    Returns a contiguous float32 array of shape [n]. Raises :class:`AudioError` when the
+    file is missing, cannot be decoded, has no samples or has NaN/Inf samples.
+    """
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            file_rate = f.samplerate
+            frames = -1 if max_seconds is None else _n_frames(max_seconds, file_rate)
+            data = f.read(frames, dtype="float32", always_2d=True)
+    except _DECODE_ERRORS as e:
+        raise AudioError(path, f"cannot decode ({_sf_message(e)})") from e
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "non-finite samples (NaN/Inf)")
+    wave = data.mean(axis=1, dtype=np.float32)
+    if file_rate != sample_rate:
+        wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")
+        if max_seconds is not None:
+            wave = wave[: _n_frames(max_seconds, sample_rate)]
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Crop or zero-pad ``wave`` [n] to exactly [n_samples].
+
+    Longer input is cropped at offset ``o ~ U{0, ..., n - n_samples}`` drawn from ``rng``
+    (training), or at ``o = 0`` when ``rng is None`` (evaluation, deterministic).
+    Shorter input is padded with zeros at the end.
+    """
+    if n_samples <= 0:
+        raise ValueError(f"n_samples must be positive, got {n_samples}")
+    n = wave.shape[0]
+    if n > n_samples:
+        offset = 0 if rng is None else int(rng.integers(0, n - n_samples + 1))
+        return wave[offset : offset + n_samples]
+    if n < n_samples:
+        return np.pad(wave, (0, n_samples - n))
+    return wave
+
+
+class ClipCache:
+    """On-disk cache of decoded, resampled clips as ``.npy`` files under ``root``.
+
+    An entry is keyed by sha1 of (absolute path, size, mtime_ns, sample_rate, max_seconds),
+    so an edited file or other decode settings never reuse a stale entry. Entries are
+    written to a temporary file in their folder and moved in place with ``os.replace``,
+    which keeps concurrent DataLoader workers safe. Decode errors are not cached.
+    ``hits`` and ``misses`` count lookups in this process.
+    """
+
+    def __init__(self, root: str | os.PathLike, sample_rate: int, max_seconds: float | None = None):
+        self.root = Path(root)
+        self.sample_rate = sample_rate
+        self.max_seconds = max_seconds
+        self.hits = 0
+        self.misses = 0
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def entry(self, path: str | os.PathLike) -> Path:
+        """Where the decoded clip of ``path`` (as it is now on disk) is stored."""
+        path = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise AudioError(path, "file not found") from None
+        key = repr((path, st.st_size, st.st_mtime_ns, self.sample_rate, self.max_seconds))
+        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """The float32 waveform [n] of ``path``, from the cache or decoded by :func:`read_audio`."""
+        entry = self.entry(path)
+        if entry.exists():
+            try:
+                wave = np.load(entry, allow_pickle=False)
+            except (OSError, ValueError):
+                pass  # unreadable entry: decode again and overwrite it
+            else:
+                self.hits += 1
+                return wave
+        self.misses += 1
+        wave = read_audio(path, self.sample_rate, self.max_seconds)
+        self._store(entry, wave)
+        return wave
+
+    @staticmethod
+    def _store(entry: Path, wave: np.ndarray) -> None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=entry.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, wave, allow_pickle=False)
+            os.replace(tmp, entry)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale: ``mel = 2595 * log10(1 + f / 700)``."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`: ``f = 700 * (10^(m / 2595) - 1)``."""
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Triangular HTK mel filters, shape [n_fft // 2 + 1, n_mels], peak 1 (no area normalisation).
+
+    With edges ``e_0 < ... < e_{n_mels+1}`` equally spaced in mel between f_min and f_max
+    (converted to Hz) and FFT bin frequencies ``f_k = k * sample_rate / n_fft``, filter m is
+    ``W[k, m] = max(0, min((f_k - e_m) / (e_{m+1} - e_m), (e_{m+2} - f_k) / (e_{m+2} - e_{m+1})))``.
+    """
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (freqs[:, None] - lower) / (centre - lower)
+    falling = (upper - freqs[:, None]) / (upper - centre)
+    return torch.from_numpy(np.maximum(0.0, np.minimum(rising, falling))).float()
+
+
+class LogMel(torch.nn.Module):
+    """Log mel spectrogram: wave [B, n] -> ``log(|STFT|^2 @ W + 1e-6)`` [B, n_mels, 1 + n // hop_length].
+
+    The STFT uses a periodic Hann window of length n_fft, centred frames and reflect
+    padding; ``W`` is :func:`mel_filterbank`. The computation always runs in float32,
+    also under autocast. Window and filterbank are non-persistent buffers: they follow
+    ``.to(device)`` but are not written to checkpoints.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+    ):
+        super().__init__()
+        f_max = sample_rate / 2 if f_max is None else f_max
+        if not 0 <= f_min < f_max <= sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}")
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.f_min = f_min
+        self.f_max = f_max
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer(
+            "filterbank", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max), persistent=False
+        )
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.dim() != 2:
+            raise ValueError(f"LogMel expects a wave of shape [B, n], got {tuple(wave.shape)}")
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            spec = torch.stft(
+                wave.float(),
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                win_length=self.n_fft,
+                window=self.window.float(),
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            power = spec.real.square() + spec.imag.square()
+            mel = torch.einsum("bft,fm->bmt", power, self.filterbank.float())
+            return torch.log(mel + 1e-6)
+
+    def extra_repr(self) -> str:
+        return (
+            f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
+            f"n_mels={self.n_mels}, f_min={self.f_min}, f_max={self.f_max}"
+        )

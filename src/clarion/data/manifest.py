@@ -1,0 +1,287 @@
+"""Audio-caption manifests: reading, validation of every row, grouping of captions by clip.
+
+A manifest is a CSV file or a JSON-lines file (``.jsonl`` or ``.json``) with the columns
+``audio`` (a path, relative to the manifest's folder or absolute), ``caption`` and the
+optional ``label`` and ``lang``; other columns are ignored. A clip with several captions
+appears in several rows with the same ``audio``.
+
+Structural problems (missing file, unknown extension, missing column, bad text or JSON)
+raise :class:`ManifestError`. Bad rows are skipped and logged, or raise
+:class:`BadSampleError`, depending on the ``on_bad_sample`` policy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .audio import _DECODE_ERRORS, _sf_message
+
+logger = logging.getLogger("clarion.data")
+
+POLICIES = ("skip", "fail")
+REQUIRED = ("audio", "caption")
+OPTIONAL = ("label", "lang")
+_LOGGED_BAD_ROWS = 20
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read at all."""
+
+
+class BadSampleError(ManifestError):
+    """A bad row (or undecodable clip) met under the policy ``on_bad_sample="fail"``.
+
+    ``bad`` holds the offending :class:`BadRow` when the error was built by :meth:`for_row`.
+    The constructor takes a single message so that DataLoader workers re-raise it with
+    its type intact.
+    """
+
+    hint = "use --on-bad-sample skip to skip such rows"
+    bad: BadRow | None = None
+
+    @classmethod
+    def for_row(cls, bad: BadRow) -> BadSampleError:
+        err = cls(f"{bad}; {cls.hint}")
+        err.bad = bad
+        return err
+
+
+@dataclass(frozen=True)
+class Row:
+    """One usable manifest row; ``line`` is the 1-based line where its record starts."""
+
+    audio: Path
+    caption: str
+    label: str | None
+    lang: str | None
+    line: int
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row left out of a manifest, and why; ``audio`` is the value as written."""
+
+    manifest: Path
+    line: int
+    audio: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.manifest}:{self.line}: {self.reason} ({self.audio})"
+
+
+@dataclass
+class Manifest:
+    """The usable rows of a manifest, and the bad rows that were skipped.
+
+    With clips ``c_0, ..., c_{M-1}`` the distinct ``audio`` paths in order of first
+    appearance, row i belongs to clip ``audio_ids[i]``.
+    """
+
+    path: Path
+    rows: list[Row]
+    bad: list[BadRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def clips(self) -> list[Path]:
+        return list(dict.fromkeys(row.audio for row in self.rows))
+
+    @property
+    def audio_ids(self) -> np.ndarray:
+        """int64 [len(rows)]: index into :attr:`clips` of each row's clip."""
+        index = {clip: i for i, clip in enumerate(self.clips)}
+        return np.fromiter((index[row.audio] for row in self.rows), dtype=np.int64, count=len(self.rows))
+
+    @property
+    def captions(self) -> list[str]:
+        return [row.caption for row in self.rows]
+
+    @property
+    def labels(self) -> list[str | None]:
+        """Per clip, the label of its first row."""
+        first: dict[Path, str | None] = {}
+        for row in self.rows:
+            first.setdefault(row.audio, row.label)
+        return list(first.values())
+
+    def subset(self, lang: str | None) -> Manifest:
+        """The rows whose ``lang`` equals ``lang`` (possibly none); ``bad`` is kept as is."""
+        return Manifest(self.path, [row for row in self.rows if row.lang == lang], list(self.bad))
+
+    def summary(self) -> str:
+        text = f"{len(self.rows)} rows, {len(self.clips)} clips, {len(self.bad)} bad rows skipped"
+        return f"{text}: {_count_reasons(self.bad)}" if self.bad else text
+
+
+def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_audio: bool = True) -> Manifest:
+    """Read and validate a manifest.
+
+    Each row is checked in turn for: an empty ``audio`` value ("missing audio path"),
+    an empty caption ("empty caption"), a missing file ("missing file") and, with
+    ``check_audio``, a header soundfile cannot read ("unreadable audio (...)") or one
+    that announces no frames ("empty audio (0 samples)"). Under ``on_bad_sample="skip"``
+    bad rows are logged, collected in ``Manifest.bad`` and dropped; under ``"fail"`` the
+    first one raises :class:`BadSampleError`. A manifest without a usable row raises
+    :class:`ManifestError`.
+    """
+    if on_bad_sample not in POLICIES:
+        raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
+    path = Path(os.path.abspath(path))
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    columns, records = _read_records(path)
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing required column(s) {', '.join(missing)}; "
+            f"found columns: {', '.join(columns) or '(none)'}; required: {', '.join(REQUIRED)}"
+        )
+
+    rows: list[Row] = []
+    bad: list[BadRow] = []
+    file_checks: dict[Path, str | None] = {}
+    for line, record in records:
+        value = _text(record.get("audio"))
+        caption = _text(record.get("caption"))
+        audio = Path(os.path.abspath(path.parent / value))
+        if not value:
+            reason = "missing audio path"
+        elif not caption:
+            reason = "empty caption"
+        else:
+            if audio not in file_checks:
+                file_checks[audio] = _check_file(audio, check_audio)
+            reason = file_checks[audio]
+        if reason is None:
+            label, lang = _text(record.get("label")), _text(record.get("lang"))
+            rows.append(Row(audio, caption, label or None, lang or None, line))
+            continue
+        bad_row = BadRow(path, line, value, reason)
+        if on_bad_sample == "fail":
+            raise BadSampleError.for_row(bad_row)
+        bad.append(bad_row)
+        if len(bad) <= _LOGGED_BAD_ROWS:
+            logger.warning("skipping bad row %s", bad_row)
+
+    if len(bad) > _LOGGED_BAD_ROWS:
+        logger.warning(
+            "%s: %d more bad rows skipped, not listed; in all %s",
+            path, len(bad) - _LOGGED_BAD_ROWS, _count_reasons(bad),
+        )
+    if not rows:
+        raise ManifestError(f"no usable rows in {path}: {_count_reasons(bad) if bad else 'no data rows'}")
+    return Manifest(path, rows, bad)
+
+
+def write_manifest(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows (dicts) as CSV, or as JSON lines for ``.jsonl``/``.json``.
+
+    Columns are ``audio`` and ``caption``, plus ``label`` and ``lang`` when any row has one.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    columns = list(REQUIRED) + [c for c in OPTIONAL if any(row.get(c) is not None for row in rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if kind == "csv":
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow(["" if row.get(c) is None else str(row[c]) for c in columns])
+        else:
+            for row in rows:
+                record = {c: None if row.get(c) is None else str(row[c]) for c in columns}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    raise ManifestError(f"{path}: unknown manifest extension {suffix!r}; use .csv, .jsonl or .json (JSON lines)")
+
+
+def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The columns found and the (start line, record) pairs of a manifest file."""
+    kind = _kind(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: cannot decode as UTF-8 ({e})") from e
+    return _read_csv(path, text) if kind == "csv" else _read_jsonl(path, text)
+
+
+def _read_csv(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    records: list[tuple[int, dict]] = []
+    end = 0
+    try:
+        for fields in reader:
+            start, end = end + 1, reader.line_num
+            if not fields:
+                continue
+            if header is None:
+                header = [name.strip() for name in fields]
+            else:
+                records.append((start, dict(zip(header, fields))))
+    except csv.Error as e:
+        raise ManifestError(f"{path}:{reader.line_num}: invalid CSV ({e})") from e
+    return header or [], records
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    columns: dict[str, None] = {}
+    records: list[tuple[int, dict]] = []
+    for line, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{line}: invalid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(record, dict):
+            raise ManifestError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+        columns.update(dict.fromkeys(record))
+        records.append((line, record))
+    return list(columns), records
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _check_file(audio: Path, check_audio: bool) -> str | None:
+    """Why the file cannot be used, or None."""
+    if not audio.is_file():
+        return "missing file"
+    if not check_audio:
+        return None
+    try:
+        info = sf.info(str(audio))
+    except _DECODE_ERRORS as e:
+        return f"unreadable audio ({_sf_message(e)})"
+    if info.frames == 0:
+        return "empty audio (0 samples)"
+    return None
+
+
+def _count_reasons(bad: list[BadRow]) -> str:
+    """E.g. "3 missing file, 1 empty caption", most frequent first; details in parentheses dropped."""
+    counts = Counter(b.reason.split(" (")[0] for b in bad)
+    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())

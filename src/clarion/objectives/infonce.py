@@ -1,0 +1,67 @@
+"""Symmetric InfoNCE (CLIP / CLAP contrastive loss), METHODS.md §1.
+
+With ``S_ij = a_i · t_j / τ`` and ``1/τ = exp(logit_scale)`` (init 1/0.07, clamped ≤ 100):
+
+    L = ½ [ CE_rows(S) + CE_cols(S) ],   CE_rows = −(1/B) Σ_i log softmax_j(S_i·)_i
+
+Off-diagonal entries of the same clip (``g(i) = g(j)``) are removed from both denominators
+(masked to −inf): another caption of the same audio is never a negative. With
+``multi_positive=True`` they become soft targets instead: the target of row i is uniform
+over {j : g(j) = g(i)} (as WavCaps does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class LearnableTemperature(nn.Module):
+    """``scale = exp(logit_scale)``, clamped to ≤ 100; ``logit_scale`` init ``log(1/τ₀)``."""
+
+    def __init__(self, init_temperature: float = 0.07, learnable: bool = True):
+        super().__init__()
+        value = torch.tensor(math.log(1.0 / init_temperature))
+        self.logit_scale = nn.Parameter(value, requires_grad=learnable)
+
+    def forward(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+def infonce_logits(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[B, B] audio-to-text logits ``scale · a tᵀ`` (at least fp32)."""
+    return scale * (at_least_fp32(a) @ at_least_fp32(t).T)
+
+
+def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
+    """½ (CE over rows + CE over columns) of a [B, B] logit matrix whose diagonal holds the positives."""
+    same = same_audio(audio_ids)
+    eye = torch.eye(len(audio_ids), dtype=torch.bool, device=logits.device)
+    if multi_positive:
+        targets = same.to(logits.dtype) / same.sum(1, keepdim=True)
+        rows = -(targets * logits.log_softmax(1)).sum(1).mean()
+        cols = -(targets * logits.T.log_softmax(1)).sum(1).mean()
+        return 0.5 * (rows + cols)
+    masked = logits.masked_fill(same & ~eye, float("-inf"))
+    labels = torch.arange(len(audio_ids), device=logits.device)
+    return 0.5 * (F.cross_entropy(masked, labels) + F.cross_entropy(masked.T, labels))
+
+
+@register("infonce")
+class InfoNCE(Objective):
+    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, multi_positive: bool = False):
+        super().__init__()
+        self.temperature = LearnableTemperature(init_temperature, learn_temperature)
+        self.multi_positive = multi_positive
+
+    def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        scale = self.temperature()
+        loss = symmetric_cross_entropy(infonce_logits(a, t, scale), audio_ids, self.multi_positive)
+        return ObjectiveOutput(loss, {"logit_scale": float(scale.detach())})

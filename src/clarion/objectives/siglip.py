@@ -1,0 +1,41 @@
+"""SigLIP pairwise sigmoid loss, METHODS.md §2.
+
+    L = −(1/B) Σ_ij log σ( z_ij (t' · a_i·t_j + b) ),   z_ij = +1 if g(i) = g(j) else −1
+
+``t' = exp(t_param)`` (init 10) and ``b`` (init −10) are learnable. Captions of the same clip
+are positives of each other (``z = +1``), never negatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
+
+
+def siglip_logits(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """[B, B] logits ``scale · a tᵀ + bias`` (at least fp32)."""
+    return scale * (at_least_fp32(a) @ at_least_fp32(t).T) + bias
+
+
+def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
+    """−(1/B) Σ_ij log σ(z_ij · logits_ij), with z from clip identity."""
+    z = same_audio(audio_ids).to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(z * logits).sum() / len(audio_ids)
+
+
+@register("siglip")
+class SigLIP(Objective):
+    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0):
+        super().__init__()
+        self.t_param = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        scale = self.t_param.exp()
+        loss = sigmoid_pair_loss(siglip_logits(a, t, scale, self.bias), audio_ids)
+        return ObjectiveOutput(loss, {"logit_scale": float(scale.detach()), "logit_bias": float(self.bias.detach())})

@@ -1,0 +1,116 @@
+"""The run directory contract (ARCHITECTURE.md) and model save/load.
+
+    RUN/config.yaml          resolved config tree
+    RUN/tokenizer.json       the text tokenizer the model was trained with
+    RUN/model.safetensors    best weights (model + objective state), + RUN/model.json metadata
+    RUN/checkpoints/         full training state for --resume (see train/checkpoint.py)
+    RUN/metrics.jsonl        one JSON object per logged step / epoch
+
+Everything is safetensors + JSON: loading a run never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from .config import Config, ConfigError, load_config
+from .models import DualEncoder, build_model
+
+OBJECTIVE_PREFIX = "objective."
+
+
+class RunError(RuntimeError):
+    """A run directory that is missing files or holds inconsistent ones."""
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def model_state(model: DualEncoder, objective: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Model weights and the objective's learnable state (prefix ``objective.``) in one flat dict."""
+    state = dict(model.state_dict())
+    state.update({OBJECTIVE_PREFIX + k: v for k, v in objective.state_dict().items()})
+    return cpu_tensors(state)
+
+
+def save_model(run: Path, model: DualEncoder, objective: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (meta + checksum), each atomically."""
+    weights = run / "model.safetensors"
+    atomic_write(weights, lambda tmp: save_file(model_state(model, objective), str(tmp)))
+    meta = {**meta, "sha256": sha256(weights)}
+    atomic_write_text(run / "model.json", json.dumps(meta, indent=2))
+
+
+def load_run_config(run: Path) -> Config:
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise RunError(f"{run} is not a clarion run: {path.name} is missing")
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise RunError(f"invalid config in {path}: {exc}") from exc
+
+
+def load_tokenizer(run: Path) -> Tokenizer:
+    path = run / "tokenizer.json"
+    if not path.is_file():
+        raise RunError(f"{run}: tokenizer.json is missing")
+    return Tokenizer.from_file(str(path))
+
+
+def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DualEncoder]:
+    """Rebuild the dual encoder of a run from its config + tokenizer and load its best weights."""
+    run = Path(run)
+    cfg = load_run_config(run)
+    model = build_model(cfg, load_tokenizer(run))
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{run}: model.safetensors is missing (has training finished an epoch?)")
+    meta_path = run / "model.json"
+    if meta_path.is_file():
+        expected = json.loads(meta_path.read_text()).get("sha256")
+        if expected and expected != sha256(weights):
+            raise RunError(f"{weights} does not match the checksum in model.json (corrupt or replaced file)")
+    state = load_file(str(weights))
+    model_keys = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)}
+    missing, unexpected = model.load_state_dict(model_keys, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{weights} does not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return cfg, model.to(device).eval()

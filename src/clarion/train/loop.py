@@ -1,0 +1,337 @@
+"""The training loop. It knows no objective: it calls ``objective(a, t, audio_ids)``,
+backpropagates the loss and logs whatever diagnostics come back.
+
+Reproducibility: the epoch's batch order comes from ``(seed, epoch)``, each item's random
+crop from ``(seed, epoch, index)`` and dropout from the global torch RNG, which checkpoints
+save. Resuming at step k of an epoch skips the first k batches of the same order, so a run
+killed anywhere and resumed ends where the uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import Config
+from ..data.audio import ClipCache
+from ..data.dataset import AudioTextDataset, collate
+from ..data.manifest import Manifest, read_manifest
+from ..evaluate.embed import autocast_for, evaluate_retrieval
+from ..evaluate.retrieval import mean_r1
+from ..models import DualEncoder, build_model, train_tokenizer
+from ..objectives import Objective, build_objective
+from ..rundir import OBJECTIVE_PREFIX, RunError, load_run_config, load_tokenizer, model_state, save_model
+from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
+
+log = logging.getLogger("clarion.train")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_batches(audio_ids: np.ndarray, pairs: str, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The row indices of every batch of ``epoch``; full batches only (drop_last).
+
+    ``pairs="all"``: every row once, shuffled. ``pairs="one_per_clip"``: one random caption
+    row per clip, shuffled.
+    """
+    rng = np.random.default_rng([seed, epoch, 7])
+    if pairs == "all":
+        rows = rng.permutation(len(audio_ids))
+    elif pairs == "one_per_clip":
+        order = rng.permutation(len(audio_ids))  # first occurrence of each clip in a random order
+        _, first = np.unique(audio_ids[order], return_index=True)
+        rows = rng.permutation(order[first])
+    else:
+        raise ValueError(f"data.pairs must be 'all' or 'one_per_clip', got {pairs!r}")
+    n_batches = len(rows) // batch_size
+    if n_batches == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the {len(rows)} training pairs per epoch")
+    return [rows[i * batch_size : (i + 1) * batch_size].tolist() for i in range(n_batches)]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear 0→1 over ``warmup_steps``, then cosine 1→0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(cfg: Config, model: DualEncoder, objective: Objective) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and conv kernels only (not biases, norms, objective state)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    no_decay += [p for p in objective.parameters() if p.requires_grad]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+class MetricsLog:
+    """Appends JSON lines to ``RUN/metrics.jsonl``.
+
+    ``keep_until_step=None`` starts an empty log; an int keeps the records up to that step
+    (a resumed run drops what the interrupted one logged after its checkpoint).
+    """
+
+    def __init__(self, path: Path, keep_until_step: int | None):
+        self.path = path
+        kept = []
+        if keep_until_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= keep_until_step:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line torn by the interruption
+        path.write_text("".join(ln + "\n" for ln in kept))
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    run: Path
+    model: DualEncoder
+    objective: Objective
+    train_set: Manifest
+    val_set: Manifest | None
+    device: torch.device
+    cache: ClipCache | None
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device)
+        self.objective.to(self.device)
+        self.optimizer = build_optimizer(self.cfg, self.model, self.objective)
+        self.steps_per_epoch = len(self._batches(0))
+        total = self.cfg.train.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.cfg.train.warmup_steps, total)
+        )
+        self.dataset = AudioTextDataset(
+            self.train_set,
+            self.cfg.audio.sample_rate,
+            self.cfg.audio.clip_seconds,
+            train=True,
+            cache=self.cache,
+            on_bad_sample=self.cfg.data.on_bad_sample,
+            seed=self.cfg.train.seed,
+            max_seconds=self.cfg.audio.max_seconds,
+        )
+        self.audio_ids = torch.from_numpy(self.train_set.audio_ids)
+        self.state = TrainingState(epoch=0, step=0, step_in_epoch=0, best_score=-1.0, best_epoch=-1)
+        self.skipped_samples = 0
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        c = self.cfg
+        return epoch_batches(self.train_set.audio_ids, c.data.pairs, c.train.batch_size, c.train.seed, epoch)
+
+    def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)})
+        self.objective.load_state_dict(
+            {k[len(OBJECTIVE_PREFIX) :]: v for k, v in state.items() if k.startswith(OBJECTIVE_PREFIX)}
+        )
+
+    def resume(self) -> bool:
+        found = find_checkpoint(self.run)
+        if found is None:
+            return False
+        path, tensors, meta = found
+        self.state = restore_checkpoint(tensors, meta, self._load_model_state, self.optimizer, self.scheduler)
+        log.info("resumed from %s (epoch %d, step %d)", path, self.state.epoch, self.state.step)
+        return True
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run, model_state(self.model, self.objective), self.optimizer, self.scheduler, self.state)
+
+    def train_step(self, batch: dict) -> dict[str, float] | None:
+        """One optimiser step on ``batch``; None when the step was skipped (too few or non-finite)."""
+        wave = batch["audio"].to(self.device, non_blocking=True)
+        if len(wave) < 2:
+            return None
+        audio_ids = self.audio_ids[batch["index"]].to(self.device)
+        self.model.train()
+        self.objective.train()
+        with autocast_for(self.device, self.cfg.train.amp):
+            a = self.model.embed_audio(wave)
+            t = self.model.embed_text(batch["caption"])
+        out = self.objective(a.float(), t.float(), audio_ids)
+        if not torch.isfinite(out.loss):
+            log.warning("non-finite loss at step %d; step skipped (rows %s)", self.state.step, batch["index"].tolist())
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.cfg.train.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.objective.after_optimizer_step()
+        return {"loss": float(out.loss.detach()), "grad_norm": float(grad_norm), **out.diagnostics}
+
+    def fit(self, metrics: MetricsLog) -> dict[str, Any]:
+        c = self.cfg.train
+        for epoch in range(self.state.epoch, c.epochs):
+            self.state.epoch = epoch
+            batches = self._batches(epoch)[self.state.step_in_epoch :]
+            self.dataset.set_epoch(epoch)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=batches,
+                num_workers=self.cfg.data.num_workers,
+                collate_fn=collate,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
+            )
+            started, wait = time.perf_counter(), 0.0
+            progress = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, mininterval=1)
+            fetch_start = time.perf_counter()
+            for batch in progress:
+                fetched = time.perf_counter()
+                wait += fetched - fetch_start
+                if batch["bad"]:
+                    self.skipped_samples += len(batch["bad"])
+                    log.warning("skipped %d bad sample(s): %s", len(batch["bad"]), batch["bad"][:3])
+                result = self.train_step(batch)
+                self.state.step_in_epoch += 1
+                if result is not None:
+                    self.state.step += 1
+                    self.state.epoch_loss_sum += result["loss"]
+                    self.state.epoch_loss_count += 1
+                    progress.set_postfix(loss=f"{result['loss']:.3f}")
+                    if self.state.step % c.log_every == 0:
+                        metrics.write(
+                            {"type": "step", "epoch": epoch, "step": self.state.step,
+                             "lr": self.scheduler.get_last_lr()[0], **result,
+                             "data_wait_s": fetched - fetch_start, "step_s": time.perf_counter() - fetched}
+                        )
+                if c.checkpoint_every_steps and self.state.step_in_epoch % c.checkpoint_every_steps == 0:
+                    self.checkpoint()
+                fetch_start = time.perf_counter()
+            record = self.end_epoch(epoch, time.perf_counter() - started, wait)
+            metrics.write(record)
+            log.info(
+                "epoch %d/%d: train loss %.4f, val mean R@1 %s (%.1f s)", epoch + 1, c.epochs,
+                record["train_loss"], record.get("val_mean_R@1"), record["time_s"],
+            )
+        return {"best_epoch": self.state.best_epoch, "best_val_mean_R@1": self.state.best_score, "step": self.state.step}
+
+    def end_epoch(self, epoch: int, seconds: float, wait: float) -> dict[str, Any]:
+        """Validate, keep the best model (by mean R@1; the last one without validation), checkpoint."""
+        record: dict[str, Any] = {
+            "type": "epoch", "epoch": epoch, "step": self.state.step,
+            "train_loss": self.state.epoch_loss_sum / max(1, self.state.epoch_loss_count),
+            "time_s": seconds, "data_wait_share": wait / seconds if seconds else 0.0,
+            "skipped_samples": self.skipped_samples,
+        }
+        score = float(epoch)
+        if self.val_set is not None:
+            val = evaluate_retrieval(self.model, self.val_set, self.cfg, self.device, self.cache)
+            score = mean_r1(val)
+            record.update({"val": val, "val_mean_R@1": score})
+        if score > self.state.best_score:
+            self.state.best_score, self.state.best_epoch = score, epoch
+            meta = {"clarion": __version__, "epoch": epoch, "step": self.state.step, "val": record.get("val")}
+            save_model(self.run, self.model, self.objective, meta)
+            record["best"] = True
+        self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+        self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
+        self.checkpoint()
+        return record
+
+
+def prepare_run(cfg: Config, run: Path, resume: bool) -> Config:
+    """Create the run directory, or check it can be resumed; returns the config to train with."""
+    if (run / "config.yaml").exists() and not resume:
+        raise RunError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and (run / "config.yaml").exists():
+        saved = load_run_config(run)
+        if saved.to_dict() != cfg.to_dict():
+            log.info("resuming with the config given now; it differs from %s/config.yaml", run)
+    run.mkdir(parents=True, exist_ok=True)
+    probe = run / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"run directory {run} is not writable: {exc}") from exc
+    cfg.save(run / "config.yaml")
+    return cfg
+
+
+def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train a dual encoder with ``cfg`` into the run directory ``run``; returns a summary."""
+    run = Path(run)
+    if not cfg.data.train:
+        raise ValueError("no training manifest: pass --train CSV (or data.train=...)")
+    prepare_run(cfg, run, resume)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+
+    train_set = read_manifest(cfg.data.train, cfg.data.on_bad_sample)
+    val_set = read_manifest(cfg.data.val, cfg.data.on_bad_sample) if cfg.data.val else None
+    log.info("train: %s", train_set.summary())
+    if val_set is not None:
+        log.info("val: %s", val_set.summary())
+
+    tokenizer_path = run / "tokenizer.json"
+    if resume and tokenizer_path.exists():
+        tokenizer = load_tokenizer(run)
+    else:
+        tokenizer = train_tokenizer(train_set.captions, cfg.model.vocab_size)
+        tokenizer.save(str(tokenizer_path))
+    model = build_model(cfg, tokenizer)
+    objective = build_objective(cfg.objective.name, cfg.objective.options)
+    cache = ClipCache(cfg.data.cache_dir, cfg.audio.sample_rate, cfg.audio.max_seconds) if cfg.data.cache_dir else None
+
+    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache)
+    resumed = resume and trainer.resume()
+    metrics = MetricsLog(run / "metrics.jsonl", trainer.state.step if resumed else None)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2f M parameters; %d steps/epoch on %s", n_params / 1e6, trainer.steps_per_epoch, device)
+    try:
+        summary = trainer.fit(metrics)
+    finally:
+        metrics.close()
+    summary.update({"run": str(run), "skipped_samples": trainer.skipped_samples, "bad_rows": len(train_set.bad)})
+    return summary

@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny tone dataset in the manifest layout and a tiny model config."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+PITCHES = {"low": 220.0, "middle": 660.0, "high": 1980.0, "very high": 4000.0}
+TINY = [
+    "audio.clip_seconds=1.0",
+    "model.audio_channels=[8,16,32]",
+    "model.text_width=32",
+    "model.text_layers=1",
+    "model.text_heads=2",
+    "model.embed_dim=32",
+    "model.vocab_size=200",
+    "train.warmup_steps=2",
+    "train.lr=0.003",
+    "data.num_workers=0",
+]
+
+
+def write_tone_split(root: Path, split: str, n_clips: int, seed: int) -> Path:
+    """``n_clips`` one-second clips, each a tone of one of four pitches, beeping once or twice,
+    with two captions per clip; returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    t = np.arange(16000) / 16000
+    rows = []
+    for i in range(n_clips):
+        name = list(PITCHES)[i % 4]
+        beeps = 1 + (i // 4) % 2
+        gate = np.zeros_like(t)
+        for b in range(beeps):
+            gate[(t >= 0.1 + 0.45 * b) & (t < 0.4 + 0.45 * b)] = 1.0
+        wave = 0.5 * gate * np.sin(2 * np.pi * PITCHES[name] * t) + 0.01 * rng.standard_normal(len(t))
+        path = f"audio/{split}_{i:03d}.wav"
+        sf.write(root / path, wave.astype(np.float32), 16000)
+        count = "once" if beeps == 1 else "twice"
+        rows.append({"audio": path, "caption": f"a {name} tone beeps {count}", "label": name})
+        rows.append({"audio": path, "caption": f"{count} a {name} pitched beep", "label": name})
+    manifest = root / f"{split}.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["audio", "caption", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tone_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tones")
+    return {"train": write_tone_split(root, "train", 32, 0), "val": write_tone_split(root, "val", 8, 1)}
