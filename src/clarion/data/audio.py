@@ -227,7 +227,7 @@ class LogMel(torch.nn.Module):
                 return_complex=True,
             )
             power = spec.real.square() + spec.imag.square()
-            mel = torch.einsum("bft,fm->bmt", power, self.filterbank.float())
+            mel = (power.transpose(1, 2) @ self.filterbank.float()).transpose(1, 2)
             return torch.log(mel + 1e-6)
 
     def extra_repr(self) -> str:
