@@ -29,11 +29,11 @@ test: $(DEVSTAMP)
 # synth -> train InfoNCE and SigLIP -> evaluate on the test split -> markdown table
 demo: $(STAMP)
 	rm -rf $(DEMO)
-	$(BIN)/clarion synth $(DEMO)/data --seed 0
-	$(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv --objective infonce --out $(DEMO)/runs/infonce
-	$(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv --objective siglip --out $(DEMO)/runs/siglip
-	$(BIN)/clarion evaluate $(DEMO)/runs/infonce --data $(DEMO)/data/test.csv --json $(DEMO)/runs/infonce/test.json
-	$(BIN)/clarion evaluate $(DEMO)/runs/siglip --data $(DEMO)/data/test.csv --json $(DEMO)/runs/siglip/test.json
+	$(BIN)/clarion synth $(DEMO)/data --seed 0 -q
+	$(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv --objective infonce --out $(DEMO)/runs/infonce --cache-dir $(DEMO)/cache
+	$(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv --objective siglip --out $(DEMO)/runs/siglip --cache-dir $(DEMO)/cache
+	$(BIN)/clarion evaluate $(DEMO)/runs/infonce --data $(DEMO)/data/test.csv --json $(DEMO)/runs/infonce/test.json -q > /dev/null
+	$(BIN)/clarion evaluate $(DEMO)/runs/siglip --data $(DEMO)/data/test.csv --json $(DEMO)/runs/siglip/test.json -q > /dev/null
 	$(BIN)/python scripts/results_table.py $(DEMO)/runs/infonce/test.json $(DEMO)/runs/siglip/test.json
 
 clean:

@@ -32,3 +32,12 @@ def test_user_errors_exit_2_with_one_clear_line(tmp_path, capsys, args, message,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("clarion ") and message in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_synth_command_writes_the_documented_layout(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["synth", str(out), "--clips", "8", "--val-clips", "4", "--test-clips", "4", "--seed", "3", "-q"]) == 0
+    assert "8 train / 4 val / 4 test clips" in capsys.readouterr().out
+    for name in ("train.csv", "val.csv", "test.csv", "train_multilingual.csv", "test_en.csv", "test_de.csv"):
+        assert (out / name).is_file(), name
+    assert len((out / "train.csv").read_text().splitlines()) == 1 + 8 * 5

@@ -37,7 +37,11 @@ def _synth(args: argparse.Namespace) -> int:
     summary = generate(
         args.out_dir, n_train=args.clips, n_val=args.val_clips, n_test=args.test_clips, seed=args.seed, workers=args.workers
     )
-    print(json.dumps(summary, indent=2, default=str))
+    clips = summary.get("clips", {})
+    print(
+        f"wrote {' / '.join(f'{n} {split}' for split, n in clips.items())} clips with captions in "
+        f"{', '.join(summary.get('languages', []))} to {args.out_dir} (settings in synth.json)"
+    )
     return 0
 
 
