@@ -288,9 +288,9 @@ def prepare_run(cfg: Config, run: Path, resume: bool) -> Config:
         saved = load_run_config(run)
         if saved.to_dict() != cfg.to_dict():
             log.info("resuming with the config given now; it differs from %s/config.yaml", run)
-    run.mkdir(parents=True, exist_ok=True)
     probe = run / ".write-test"
     try:
+        run.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
