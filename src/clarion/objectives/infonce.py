@@ -40,18 +40,25 @@ def infonce_logits(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> tor
     return scale * (at_least_fp32(a) @ at_least_fp32(t).T)
 
 
-def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
-    """½ (CE over rows + CE over columns) of a [B, B] logit matrix whose diagonal holds the positives."""
+def one_sided_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
+    """−(1/B) Σ_i log softmax_j(logits_i·)_i over a [B, B] matrix whose diagonal holds the positives.
+
+    Other entries of the anchor's clip are masked out of the denominator, or, with
+    ``multi_positive``, share the target uniformly with the diagonal.
+    """
     same = same_audio(audio_ids)
-    eye = torch.eye(len(audio_ids), dtype=torch.bool, device=logits.device)
     if multi_positive:
         targets = same.to(logits.dtype) / same.sum(1, keepdim=True)
-        rows = -(targets * logits.log_softmax(1)).sum(1).mean()
-        cols = -(targets * logits.T.log_softmax(1)).sum(1).mean()
-        return 0.5 * (rows + cols)
-    masked = logits.masked_fill(same & ~eye, float("-inf"))
+        return -(targets * logits.log_softmax(1)).sum(1).mean()
+    eye = torch.eye(len(audio_ids), dtype=torch.bool, device=logits.device)
     labels = torch.arange(len(audio_ids), device=logits.device)
-    return 0.5 * (F.cross_entropy(masked, labels) + F.cross_entropy(masked.T, labels))
+    return F.cross_entropy(logits.masked_fill(same & ~eye, float("-inf")), labels)
+
+
+def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
+    """½ (CE over rows + CE over columns) of a [B, B] logit matrix whose diagonal holds the positives."""
+    rows = one_sided_cross_entropy(logits, audio_ids, multi_positive)
+    return 0.5 * (rows + one_sided_cross_entropy(logits.T, audio_ids, multi_positive))
 
 
 @register("infonce")
@@ -65,3 +72,8 @@ class InfoNCE(Objective):
         scale = self.temperature()
         loss = symmetric_cross_entropy(infonce_logits(a, t, scale), audio_ids, self.multi_positive)
         return ObjectiveOutput(loss, {"logit_scale": float(scale.detach())})
+
+    def anchor_loss(self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
+        """The one-directional term with ``anchors`` [B, d] (row i) against ``others`` [B, d]."""
+        logits = infonce_logits(anchors, others, self.temperature())
+        return one_sided_cross_entropy(logits, audio_ids, self.multi_positive)

@@ -9,6 +9,7 @@ the module, so it is optimised and saved with the model. The trainer knows no ob
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,8 +33,10 @@ class Objective(nn.Module):
 _REGISTRY: dict[str, Callable[..., Objective]] = {}
 
 
-def register(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    def add(cls: type[Objective]) -> type[Objective]:
+def register(name: str) -> Callable[[Callable[..., Objective]], Callable[..., Objective]]:
+    """Register an objective class (or a factory returning one) under ``name``."""
+
+    def add(cls: Callable[..., Objective]) -> Callable[..., Objective]:
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} registered twice")
         _REGISTRY[name] = cls
@@ -46,12 +49,19 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_objective(name: str, options: dict[str, Any] | None = None) -> Objective:
-    """Instantiate the objective registered as ``name`` with keyword ``options``."""
+def build_objective(name: str, options: dict[str, Any] | None = None, batch_size: int | None = None) -> Objective:
+    """Instantiate the objective registered as ``name`` with keyword ``options``.
+
+    ``batch_size`` (the training batch size) is passed to objectives whose constructor takes
+    it (e.g. a radius predictor whose input is a similarity row), unless ``options`` sets it.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; available: {', '.join(available())}")
+    options = dict(options or {})
+    if batch_size is not None and "batch_size" in inspect.signature(_REGISTRY[name]).parameters:
+        options.setdefault("batch_size", batch_size)
     try:
-        return _REGISTRY[name](**(options or {}))
+        return _REGISTRY[name](**options)
     except TypeError as exc:
         raise ValueError(f"bad options for objective {name!r}: {exc}") from exc
 

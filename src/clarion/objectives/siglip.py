@@ -39,3 +39,7 @@ class SigLIP(Objective):
         scale = self.t_param.exp()
         loss = sigmoid_pair_loss(siglip_logits(a, t, scale, self.bias), audio_ids)
         return ObjectiveOutput(loss, {"logit_scale": float(scale.detach()), "logit_bias": float(self.bias.detach())})
+
+    def anchor_loss(self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
+        """The sigmoid loss with ``anchors`` [B, d] in place of one modality (row i pairs with column i)."""
+        return sigmoid_pair_loss(siglip_logits(anchors, others, self.t_param.exp(), self.bias), audio_ids)

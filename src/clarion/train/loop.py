@@ -321,7 +321,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
         tokenizer = train_tokenizer(train_set.captions, cfg.model.vocab_size)
         tokenizer.save(str(tokenizer_path))
     model = build_model(cfg, tokenizer)
-    objective = build_objective(cfg.objective.name, cfg.objective.options)
+    objective = build_objective(cfg.objective.name, cfg.objective.options, batch_size=cfg.train.batch_size)
     cache = ClipCache(cfg.data.cache_dir, cfg.audio.sample_rate, cfg.audio.max_seconds) if cfg.data.cache_dir else None
 
     trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache)
