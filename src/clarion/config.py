@@ -76,6 +76,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
     log_every: int = 1  # steps between metrics.jsonl records
+    drift_every: int = 10  # steps between drift diagnostics (an extra loss-only backward); 0 disables
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     eval_batch_size: int = 128
 

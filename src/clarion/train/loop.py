@@ -29,6 +29,7 @@ from ..data.audio import ClipCache
 from ..data.dataset import AudioTextDataset, collate
 from ..data.manifest import Manifest, read_manifest
 from ..evaluate.embed import autocast_for, evaluate_retrieval
+from ..evaluate.geometry import drift_diagnostics
 from ..evaluate.retrieval import mean_r1
 from ..models import DualEncoder, build_model, train_tokenizer
 from ..objectives import Objective, build_objective
@@ -195,10 +196,14 @@ class Trainer:
         with autocast_for(self.device, self.cfg.train.amp):
             a = self.model.embed_audio(wave)
             t = self.model.embed_text(batch["caption"])
-        out = self.objective(a.float(), t.float(), audio_ids)
+        a, t = a.float(), t.float()
+        out = self.objective(a, t, audio_ids)
         if not torch.isfinite(out.loss):
             log.warning("non-finite loss at step %d; step skipped (rows %s)", self.state.step, batch["index"].tolist())
             return None
+        drift = self.cfg.train.drift_every
+        if drift and (self.state.step + 1) % drift == 0:
+            out.diagnostics.update(drift_diagnostics(out.loss, a, t))
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
