@@ -18,7 +18,7 @@ def test_pure_pull_has_no_drift():
     loss = ((a - t) ** 2).sum()  # −∂L/∂t = 2(a − t): exactly along û
     d = drift_diagnostics(loss, a, t)
     assert d["drift_cos"] == pytest.approx(1.0) and d["drift_perp_ratio"] == pytest.approx(0.0, abs=1e-9)
-    assert d["pos_cos_mean"] == pytest.approx(float((a * t).sum(1).mean()))
+    assert d["pos_cos_mean"] == pytest.approx(float((a * t.detach()).sum(1).mean()))
 
 
 def test_sideways_push_is_all_perpendicular_drift():
