@@ -144,6 +144,7 @@ class Trainer:
         self.model.to(self.device)
         self.objective.to(self.device)
         self.optimizer = build_optimizer(self.cfg, self.model, self.objective)
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.steps_per_epoch = len(self._batches(0))
         total = self.cfg.train.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -206,9 +207,8 @@ class Trainer:
             out.diagnostics.update(drift_diagnostics(out.loss, a, t))
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         clip = self.cfg.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.objective.after_optimizer_step()
