@@ -127,3 +127,11 @@ def test_learnable_state_receives_gradient(name):
     obj(a, t, ids).loss.backward()
     grads = [p.grad for p in obj.parameters()]
     assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_diagnostics_as_floats_converts_tensors_and_keeps_floats():
+    from clarion.objectives import diagnostics_as_floats
+
+    out = diagnostics_as_floats({"a": 1, "b": torch.tensor(2.5, dtype=torch.float64), "c": torch.tensor([3.0])})
+    assert out == {"a": 1.0, "b": 2.5, "c": 3.0}
+    assert all(type(v) is float for v in out.values())

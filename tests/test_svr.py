@@ -40,11 +40,11 @@ def test_zero_radius_svr_term_equals_base_loss(name, sides):
     obj = build_objective(name, {"radius": "static", "sides": sides, "init_radius": 0.0}).double()
     out = obj(a, t, ids)
     if sides == "bi" or name == "siglip+svr":  # uni InfoNCE keeps only the text-anchor half
-        assert out.diagnostics["loss_svr"] == pytest.approx(out.diagnostics["loss_base"], rel=1e-12)
+        assert float(out.diagnostics["loss_svr"]) == pytest.approx(float(out.diagnostics["loss_base"]), rel=1e-12)
     else:
         text_half = obj.base.anchor_loss(t, a, ids).item()
-        assert out.diagnostics["loss_svr"] == pytest.approx(text_half, rel=1e-12)
-    assert out.loss.item() == pytest.approx(out.diagnostics["loss_base"] + out.diagnostics["loss_svr"], rel=1e-12)
+        assert float(out.diagnostics["loss_svr"]) == pytest.approx(text_half, rel=1e-12)
+    assert out.loss.item() == pytest.approx(float(out.diagnostics["loss_base"]) + float(out.diagnostics["loss_svr"]), rel=1e-12)
 
 
 def test_constraint_is_zero_inside_the_interval_and_grows_outside():
@@ -82,7 +82,7 @@ def test_svr_matches_explicit_loop_and_never_uses_same_clip_captions_as_negative
         obj.audio_radius.value.fill_(0.2)
     out = obj(a, t, ids)
     expected = svr_loop(a, t, ids.tolist(), 0.3, 0.2, obj.base.temperature().item())
-    assert out.diagnostics["loss_svr"] == pytest.approx(expected.item(), rel=1e-10)
+    assert float(out.diagnostics["loss_svr"]) == pytest.approx(expected.item(), rel=1e-10)
 
 
 def test_dynamic_radius_is_invariant_to_the_order_of_negatives():

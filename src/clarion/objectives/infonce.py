@@ -35,30 +35,27 @@ class LearnableTemperature(nn.Module):
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
 
-def infonce_logits(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """[B, B] audio-to-text logits ``scale · a tᵀ`` (at least fp32)."""
-    return scale * (at_least_fp32(a) @ at_least_fp32(t).T)
-
-
 def one_sided_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
-    """−(1/B) Σ_i log softmax_j(logits_i·)_i over a [B, B] matrix whose diagonal holds the positives.
+    """−mean_{k,i} log softmax_j(logits[k, i, ·])_i over [..., B, B] matrices whose diagonals hold the positives.
 
     Other entries of the anchor's clip are masked out of the denominator, or, with
-    ``multi_positive``, share the target uniformly with the diagonal.
+    ``multi_positive``, share the target uniformly with the diagonal. Leading dims (e.g. the
+    two SVR sides) are averaged.
     """
+    b = len(audio_ids)
     same = same_audio(audio_ids)
     if multi_positive:
         targets = same.to(logits.dtype) / same.sum(1, keepdim=True)
-        return -(targets * logits.log_softmax(1)).sum(1).mean()
-    eye = torch.eye(len(audio_ids), dtype=torch.bool, device=logits.device)
-    labels = torch.arange(len(audio_ids), device=logits.device)
-    return F.cross_entropy(logits.masked_fill(same & ~eye, float("-inf")), labels)
+        return -(targets * logits.log_softmax(-1)).sum(-1).mean()
+    eye = torch.eye(b, dtype=torch.bool, device=logits.device)
+    rows = logits.masked_fill(same & ~eye, float("-inf")).reshape(-1, b)
+    labels = torch.arange(b, device=logits.device).repeat(len(rows) // b)
+    return F.cross_entropy(rows, labels)
 
 
 def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
     """½ (CE over rows + CE over columns) of a [B, B] logit matrix whose diagonal holds the positives."""
-    rows = one_sided_cross_entropy(logits, audio_ids, multi_positive)
-    return 0.5 * (rows + one_sided_cross_entropy(logits.T, audio_ids, multi_positive))
+    return one_sided_cross_entropy(torch.stack([logits, logits.T]), audio_ids, multi_positive)
 
 
 @register("infonce")
@@ -69,11 +66,16 @@ class InfoNCE(Objective):
         self.multi_positive = multi_positive
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        return self.similarity_loss(at_least_fp32(a) @ at_least_fp32(t).T, audio_ids)
+
+    def similarity_loss(self, similarity: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        """The loss from the [B, B] cosine matrix ``a tᵀ`` (for wrappers that need it too)."""
         scale = self.temperature()
-        loss = symmetric_cross_entropy(infonce_logits(a, t, scale), audio_ids, self.multi_positive)
-        return ObjectiveOutput(loss, {"logit_scale": float(scale.detach())})
+        loss = symmetric_cross_entropy(scale * similarity, audio_ids, self.multi_positive)
+        return ObjectiveOutput(loss, {"logit_scale": scale.detach()})
 
     def anchor_loss(self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-        """The one-directional term with ``anchors`` [B, d] (row i) against ``others`` [B, d]."""
-        logits = infonce_logits(anchors, others, self.temperature())
+        """The one-directional term with ``anchors`` [..., B, d] (row i) against ``others`` [..., B, d],
+        averaged over leading dims."""
+        logits = self.temperature() * (at_least_fp32(anchors) @ at_least_fp32(others).transpose(-1, -2))
         return one_sided_cross_entropy(logits, audio_ids, self.multi_positive)

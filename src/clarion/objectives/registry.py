@@ -20,7 +20,17 @@ from torch import nn
 @dataclass
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar, fp32
-    diagnostics: dict[str, float] = field(default_factory=dict)  # logged as-is
+    diagnostics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # scalars; tensors stay on device
+
+
+def diagnostics_as_floats(diagnostics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Python floats for logging, with one device sync for all tensor entries."""
+    floats = {k: float(v) for k, v in diagnostics.items() if not isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in diagnostics.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        values = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).tolist()
+        floats.update(zip(tensors, values))
+    return floats
 
 
 class Objective(nn.Module):

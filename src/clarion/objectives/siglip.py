@@ -17,15 +17,10 @@ from torch import nn
 from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
 
 
-def siglip_logits(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """[B, B] logits ``scale · a tᵀ + bias`` (at least fp32)."""
-    return scale * (at_least_fp32(a) @ at_least_fp32(t).T) + bias
-
-
 def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-    """−(1/B) Σ_ij log σ(z_ij · logits_ij), with z from clip identity."""
+    """−(1/B) Σ_ij log σ(z_ij · logits_ij) over [..., B, B], z from clip identity; leading dims averaged."""
     z = same_audio(audio_ids).to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(z * logits).sum() / len(audio_ids)
+    return -F.logsigmoid(z * logits).sum((-2, -1)).mean() / len(audio_ids)
 
 
 @register("siglip")
@@ -36,10 +31,16 @@ class SigLIP(Objective):
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        return self.similarity_loss(at_least_fp32(a) @ at_least_fp32(t).T, audio_ids)
+
+    def similarity_loss(self, similarity: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        """The loss from the [B, B] cosine matrix ``a tᵀ`` (for wrappers that need it too)."""
         scale = self.t_param.exp()
-        loss = sigmoid_pair_loss(siglip_logits(a, t, scale, self.bias), audio_ids)
-        return ObjectiveOutput(loss, {"logit_scale": float(scale.detach()), "logit_bias": float(self.bias.detach())})
+        loss = sigmoid_pair_loss(scale * similarity + self.bias, audio_ids)
+        return ObjectiveOutput(loss, {"logit_scale": scale.detach(), "logit_bias": self.bias.detach()})
 
     def anchor_loss(self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-        """The sigmoid loss with ``anchors`` [B, d] in place of one modality (row i pairs with column i)."""
-        return sigmoid_pair_loss(siglip_logits(anchors, others, self.t_param.exp(), self.bias), audio_ids)
+        """The sigmoid loss with ``anchors`` [..., B, d] in place of one modality (row i pairs with
+        column i), averaged over leading dims."""
+        similarity = at_least_fp32(anchors) @ at_least_fp32(others).transpose(-1, -2)
+        return sigmoid_pair_loss(self.t_param.exp() * similarity + self.bias, audio_ids)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .infonce import InfoNCE
-from .registry import Objective, ObjectiveOutput, register, same_audio
+from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
 from .siglip import SigLIP
 
 
@@ -36,12 +36,12 @@ def support_vectors(anchors: torch.Tensor, targets: torch.Tensor, radius: torch.
 
 
 def radius_constraint(radius: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
-    """mean_i [ReLU(R_i − ‖a_i − t_i‖) + ReLU(−R_i)]: zero exactly when 0 ≤ R_i ≤ ‖a_i − t_i‖."""
+    """mean [ReLU(R − ‖a − t‖) + ReLU(−R)] over radius [..., B] and distance [B]: zero exactly when 0 ≤ R_i ≤ ‖a_i − t_i‖."""
     return (F.relu(radius - distance) + F.relu(-radius)).mean()
 
 
 def similarity_features(cosine: torch.Tensor, audio_ids: torch.Tensor, width: int) -> torch.Tensor:
-    """[B, width] radius-predictor input from an anchor-major cosine matrix [B, B].
+    """[..., B, width] radius-predictor input from anchor-major cosine matrices [..., B, B].
 
     Row i: the positive ``cosine[i, i]``, then the entries of other clips sorted descending,
     then −1 padding (same-clip entries and missing columns of a short batch). The result does
@@ -50,10 +50,10 @@ def similarity_features(cosine: torch.Tensor, audio_ids: torch.Tensor, width: in
     b = len(audio_ids)
     if b > width:
         raise ValueError(f"batch of {b} is wider than the radius predictor's input ({width}); set batch_size")
-    negatives = cosine.masked_fill(same_audio(audio_ids), -1.0).sort(dim=1, descending=True).values[:, : b - 1]
-    features = torch.full((b, width), -1.0, dtype=cosine.dtype, device=cosine.device)
-    features[:, 0] = cosine.diagonal()
-    features[:, 1:b] = negatives
+    negatives = cosine.masked_fill(same_audio(audio_ids), -1.0).sort(dim=-1, descending=True).values[..., : b - 1]
+    features = torch.full((*cosine.shape[:-1], width), -1.0, dtype=cosine.dtype, device=cosine.device)
+    features[..., 0] = cosine.diagonal(dim1=-2, dim2=-1)
+    features[..., 1:b] = negatives
     return features
 
 
@@ -64,8 +64,8 @@ class StaticRadius(nn.Module):
         super().__init__()
         self.value = nn.Parameter(torch.tensor(float(init)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.value.expand(len(features))
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.value.expand(batch)
 
 
 class DynamicRadius(nn.Module):
@@ -86,7 +86,12 @@ class DynamicRadius(nn.Module):
 
 
 class SupportVectorRegularized(Objective):
-    """``base`` loss + α SVR term + β radius constraint (module docstring)."""
+    """``base`` loss + α SVR term + β radius constraint (module docstring).
+
+    One cosine matrix ``a tᵀ`` feeds the base loss and the radius predictor, and the two sides'
+    SVR terms are one batched ``[2, B, B]`` loss: the cost over the base is the support vectors'
+    own similarity matrices (one more ``B×B×d`` product per side, forward and backward).
+    """
 
     def __init__(
         self,
@@ -116,28 +121,32 @@ class SupportVectorRegularized(Objective):
         self.text_radius = make()
         self.audio_radius = make() if sides == "bi" else None
 
-    def side_terms(self, anchors, targets, cosine, radius_module, audio_ids):
-        """(SVR loss, constraint, radius [B]) for one side; ``cosine`` is anchor-major [B, B]."""
-        features = similarity_features(cosine.detach(), audio_ids, self.width or len(audio_ids))
-        radius = radius_module(features.to(anchors.dtype))
-        sup = support_vectors(anchors, targets, radius)
-        distance = (targets - anchors).norm(dim=-1)
-        return self.base.anchor_loss(sup, targets, audio_ids), radius_constraint(radius, distance), radius
+    def radii(self, similarity: torch.Tensor, audio_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Per-side radius [B]: text side first (rows of ``similarity.T``), then audio (rows of ``similarity``)."""
+        modules = [self.text_radius] + ([self.audio_radius] if self.audio_radius is not None else [])
+        if self.radius_kind == "static":
+            return [m(len(audio_ids)) for m in modules]
+        rows = [similarity.T, similarity][: len(modules)]
+        features = similarity_features(torch.stack(rows).detach(), audio_ids, self.width)
+        return [m(f) for m, f in zip(modules, features.to(similarity.dtype))]
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
-        out = self.base(a, t, audio_ids)
-        cosine_ta = t @ a.T  # row i: text anchor i against every audio
-        svr, cons, r_text = self.side_terms(t, a, cosine_ta, self.text_radius, audio_ids)
-        diagnostics = {"radius_text_mean": float(r_text.detach().mean()), "radius_text_std": float(r_text.detach().std())}
-        if self.audio_radius is not None:
-            svr_a, cons_a, r_audio = self.side_terms(a, t, cosine_ta.T, self.audio_radius, audio_ids)
-            svr, cons = 0.5 * (svr + svr_a), 0.5 * (cons + cons_a)
-            diagnostics.update(
-                radius_audio_mean=float(r_audio.detach().mean()), radius_audio_std=float(r_audio.detach().std())
-            )
+        a, t = at_least_fp32(a), at_least_fp32(t)
+        similarity = a @ t.T
+        out = self.base.similarity_loss(similarity, audio_ids)
+        radius = self.radii(similarity, audio_ids)
+        anchors, others = [support_vectors(t, a, radius[0])], [a]
+        if len(radius) == 2:
+            anchors.append(support_vectors(a, t, radius[1]))
+            others.append(t)
+        svr = self.base.anchor_loss(torch.stack(anchors), torch.stack(others), audio_ids)
+        stacked = torch.stack(radius)
+        cons = radius_constraint(stacked, (a - t).norm(dim=-1))
         loss = out.loss + self.alpha * svr + self.beta * cons
-        diagnostics.update(out.diagnostics, loss_base=float(out.loss.detach()), loss_svr=float(svr.detach()),
-                           loss_constraint=float(cons.detach()))
+        detached = stacked.detach()
+        diagnostics = dict(out.diagnostics, loss_base=out.loss.detach(), loss_svr=svr.detach(), loss_constraint=cons.detach())
+        for side, r in zip(("text", "audio"), detached):
+            diagnostics[f"radius_{side}_mean"], diagnostics[f"radius_{side}_std"] = r.mean(), r.std()
         return ObjectiveOutput(loss, diagnostics)
 
 

@@ -32,7 +32,7 @@ from ..evaluate.embed import autocast_for, evaluate_retrieval
 from ..evaluate.geometry import drift_diagnostics
 from ..evaluate.retrieval import mean_r1
 from ..models import DualEncoder, build_model, train_tokenizer
-from ..objectives import Objective, build_objective
+from ..objectives import Objective, build_objective, diagnostics_as_floats
 from ..rundir import OBJECTIVE_PREFIX, RunError, load_run_config, load_tokenizer, model_state, save_model
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
 
@@ -212,7 +212,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.objective.after_optimizer_step()
-        return {"loss": float(out.loss.detach()), "grad_norm": float(grad_norm), **out.diagnostics}
+        return diagnostics_as_floats({"loss": out.loss.detach(), "grad_norm": grad_norm, **out.diagnostics})
 
     def fit(self, metrics: MetricsLog) -> dict[str, Any]:
         c = self.cfg.train
