@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 DEMO   ?= demo
+# SVR rows use their defaults: both sides, dynamic radius.
+DEMO_OBJECTIVES ?= infonce infonce+svr siglip siglip+svr
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
@@ -30,11 +32,13 @@ test: $(DEVSTAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/clarion synth $(DEMO)/data --seed 0 -q
-	$(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv --objective infonce --out $(DEMO)/runs/infonce --cache-dir $(DEMO)/cache
-	$(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv --objective siglip --out $(DEMO)/runs/siglip --cache-dir $(DEMO)/cache
-	$(BIN)/clarion evaluate $(DEMO)/runs/infonce --data $(DEMO)/data/test.csv --json $(DEMO)/runs/infonce/test.json -q > /dev/null
-	$(BIN)/clarion evaluate $(DEMO)/runs/siglip --data $(DEMO)/data/test.csv --json $(DEMO)/runs/siglip/test.json -q > /dev/null
-	$(BIN)/python scripts/results_table.py $(DEMO)/runs/infonce/test.json $(DEMO)/runs/siglip/test.json
+	for objective in $(DEMO_OBJECTIVES); do \
+	  $(BIN)/clarion train --config configs/demo.yaml --train $(DEMO)/data/train.csv --val $(DEMO)/data/val.csv \
+	    --objective $$objective --out $(DEMO)/runs/$$objective --cache-dir $(DEMO)/cache || exit 1; \
+	  $(BIN)/clarion evaluate $(DEMO)/runs/$$objective --data $(DEMO)/data/test.csv \
+	    --json $(DEMO)/runs/$$objective/test.json -q > /dev/null || exit 1; \
+	done
+	$(BIN)/python scripts/results_table.py $(foreach o,$(DEMO_OBJECTIVES),$(DEMO)/runs/$(o)/test.json)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info src/*.egg-info
