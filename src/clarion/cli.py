@@ -58,6 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML recipe")
     p.add_argument("--on-bad-sample", choices=["skip", "fail"])
     p.add_argument("--cache-dir", help="cache decoded, resampled clips here")
+    p.add_argument("--noise-ratio", type=float, help="shuffle the captions of this fraction of training pairs "
+                   "(seeded by data.noise_seed; the corrupted pairs are listed in RUN/noisy_pairs.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_train)
@@ -70,6 +72,7 @@ def _train(args: argparse.Namespace) -> int:
         "data.train": args.train, "data.val": args.val, "objective.name": args.objective,
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.device": args.device,
         "data.on_bad_sample": args.on_bad_sample, "data.cache_dir": args.cache_dir,
+        "data.noise_ratio": args.noise_ratio,
     }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.overrides)
     config_path = args.config
@@ -88,20 +91,26 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the metrics here")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-bad-sample", choices=["skip", "fail"], default="skip")
+    p.add_argument("--scoring", choices=["cosine", "ot"], default="cosine",
+                   help="rank by cosine, or by an entropic transport plan over the whole test set (m-LTM)")
+    p.add_argument("--ot-eps", type=float, default=0.03, help="entropic regularisation of --scoring ot")
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data.manifest import read_manifest
     from .evaluate.embed import evaluate_retrieval
-    from .rundir import load_model
+    from .rundir import load_model, load_objective
     from .train.loop import resolve_device
 
     device = resolve_device(args.device)
     cfg, model = load_model(args.run, device)
     cfg.data.on_bad_sample = args.on_bad_sample
+    cost_fn = None
+    if args.scoring == "ot":  # an m-LTM run ranks with the metric it learned
+        cost_fn = getattr(load_objective(args.run, device), "ground_cost", None)
     manifest = read_manifest(args.data, args.on_bad_sample)
-    metrics = evaluate_retrieval(model, manifest, cfg, device)
+    metrics = evaluate_retrieval(model, manifest, cfg, device, scoring=args.scoring, cost_fn=cost_fn, ot_eps=args.ot_eps)
     metrics["counts"]["bad_rows"] = len(manifest.bad)
     text = json.dumps(metrics, indent=2)
     if args.json:

@@ -41,6 +41,8 @@ class DataConfig:
     pairs: str = "all"  # all: every caption row once per epoch | one_per_clip: one random caption per clip
     cache_dir: str | None = None  # on-disk cache of decoded, resampled clips
     num_workers: int = 1
+    noise_ratio: float = 0.0  # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
+    noise_seed: int = 0  # fixed apart from train.seed, so runs with different seeds see the same corrupted pairs
 
 
 @dataclass

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from .config import Config, ConfigError, load_config
 from .models import DualEncoder, build_model
+from .objectives import Objective, build_objective
 
 OBJECTIVE_PREFIX = "objective."
 
@@ -95,11 +96,15 @@ def load_tokenizer(run: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DualEncoder]:
-    """Rebuild the dual encoder of a run from its config + tokenizer and load its best weights."""
-    run = Path(run)
-    cfg = load_run_config(run)
-    model = build_model(cfg, load_tokenizer(run))
+def build_run_objective(cfg: Config) -> Objective:
+    """The objective named by ``cfg``, sized by its batch size and embedding width."""
+    return build_objective(
+        cfg.objective.name, cfg.objective.options, batch_size=cfg.train.batch_size, embed_dim=cfg.model.embed_dim
+    )
+
+
+def read_weights(run: Path) -> dict[str, torch.Tensor]:
+    """``RUN/model.safetensors``, checked against the checksum in ``model.json`` when present."""
     weights = run / "model.safetensors"
     if not weights.is_file():
         raise RunError(f"{run}: model.safetensors is missing (has training finished an epoch?)")
@@ -108,9 +113,28 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Con
         expected = json.loads(meta_path.read_text()).get("sha256")
         if expected and expected != sha256(weights):
             raise RunError(f"{weights} does not match the checksum in model.json (corrupt or replaced file)")
-    state = load_file(str(weights))
+    return load_file(str(weights))
+
+
+def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DualEncoder]:
+    """Rebuild the dual encoder of a run from its config + tokenizer and load its best weights."""
+    run = Path(run)
+    cfg = load_run_config(run)
+    model = build_model(cfg, load_tokenizer(run))
+    state = read_weights(run)
     model_keys = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)}
     missing, unexpected = model.load_state_dict(model_keys, strict=False)
     if missing or unexpected:
-        raise RunError(f"{weights} does not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RunError(f"{run / 'model.safetensors'} does not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return cfg, model.to(device).eval()
+
+
+def load_objective(run: str | Path, device: str | torch.device = "cpu") -> Objective:
+    """The run's objective with its learned state (temperature, radius predictor, metric M)."""
+    run = Path(run)
+    objective = build_run_objective(load_run_config(run))
+    state = {k[len(OBJECTIVE_PREFIX) :]: v for k, v in read_weights(run).items() if k.startswith(OBJECTIVE_PREFIX)}
+    missing, unexpected = objective.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{run / 'model.safetensors'}: objective state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return objective.to(device).eval()

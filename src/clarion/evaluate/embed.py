@@ -13,6 +13,7 @@ from ..data.audio import ClipCache
 from ..data.dataset import ClipDataset, collate
 from ..data.manifest import Manifest
 from ..models import DualEncoder
+from .ot_retrieval import CostFn, euclidean_cost, ot_scores
 from .retrieval import retrieval_metrics
 
 log = logging.getLogger("clarion.evaluate")
@@ -63,9 +64,22 @@ def embed_captions(model: DualEncoder, captions: list[str], device: torch.device
 
 
 def evaluate_retrieval(
-    model: DualEncoder, manifest: Manifest, cfg: Config, device: torch.device, cache: ClipCache | None = None
+    model: DualEncoder,
+    manifest: Manifest,
+    cfg: Config,
+    device: torch.device,
+    cache: ClipCache | None = None,
+    scoring: str = "cosine",
+    cost_fn: CostFn | None = None,
+    ot_eps: float = 0.03,
 ) -> dict:
-    """T2A / A2T metrics on ``manifest`` plus counts; captions of undecodable clips are left out (counted)."""
+    """T2A / A2T metrics on ``manifest`` plus counts; captions of undecodable clips are left out (counted).
+
+    ``scoring="cosine"`` ranks by ``t · a``; ``"ot"`` by the entropic transport plan over the
+    whole set (:func:`ot_scores`, cost ``cost_fn``, default the Euclidean one).
+    """
+    if scoring not in ("cosine", "ot"):
+        raise ValueError(f"scoring must be 'cosine' or 'ot', got {scoring!r}")
     audio, clip_index, bad = embed_clips(model, manifest, cfg, device, cache)
     position = torch.full((len(manifest.clips),), -1, dtype=torch.long)
     position[clip_index] = torch.arange(len(clip_index))
@@ -73,7 +87,13 @@ def evaluate_retrieval(
     keep = caption_clip >= 0
     captions = [c for c, k in zip(manifest.captions, keep.tolist()) if k]
     text = embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp)
-    metrics = retrieval_metrics(text @ audio.T, caption_clip[keep])
+    if scoring == "ot":
+        scores, info = ot_scores(text, audio, cost_fn or euclidean_cost, eps=ot_eps)
+        metrics = retrieval_metrics(scores, caption_clip[keep])
+        metrics["scoring"] = {"method": "ot", **info}
+    else:
+        metrics = retrieval_metrics(text @ audio.T, caption_clip[keep])
+        metrics["scoring"] = {"method": "cosine"}
     metrics["counts"] = {"captions": len(captions), "clips": len(clip_index), "skipped_clips": len(bad)}
     if bad:
         log.warning("%d clip(s) of %s could not be decoded and were left out of evaluation", len(bad), manifest.path)

@@ -33,3 +33,22 @@ def drift_diagnostics(loss: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> d
             "pos_cos_mean": float(cosine.mean()),
             "pos_cos_std": float(cosine.std()),
         }
+
+
+def plan_mass_by_pair_kind(plan: torch.Tensor, corrupted: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where a [B, B] transport plan (text rows, audio columns) puts its mass, corrupted vs clean pairs.
+
+    ``corrupted`` [B] bool marks the batch pairs whose caption was shuffled. Per row i:
+    ``row_mass_i = B Σ_j π_ij`` (the share of the caption's mass the plan transports; < 1 under
+    partial OT) and ``pair_mass_i = B π_ii`` (the share sent to its own, labelled audio).
+    Returns the means of both over each kind present in the batch.
+    """
+    b = plan.shape[0]
+    corrupted = corrupted.to(plan.device)
+    row_mass, pair_mass = b * plan.sum(1), b * plan.diagonal()
+    out = {}
+    for kind, mask in (("corrupted", corrupted), ("clean", ~corrupted)):
+        if bool(mask.any()):
+            out[f"ot_row_mass_{kind}"] = row_mass[mask].mean()
+            out[f"ot_pair_mass_{kind}"] = pair_mass[mask].mean()
+    return out

@@ -21,6 +21,7 @@ from torch import nn
 class ObjectiveOutput:
     loss: torch.Tensor  # scalar, fp32
     diagnostics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # scalars; tensors stay on device
+    plan: torch.Tensor | None = None  # [B, B] detached transport plan (text rows, audio columns), OT objectives only
 
 
 def diagnostics_as_floats(diagnostics: dict[str, float | torch.Tensor]) -> dict[str, float]:
@@ -59,17 +60,22 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_objective(name: str, options: dict[str, Any] | None = None, batch_size: int | None = None) -> Objective:
+def build_objective(
+    name: str, options: dict[str, Any] | None = None, batch_size: int | None = None, embed_dim: int | None = None
+) -> Objective:
     """Instantiate the objective registered as ``name`` with keyword ``options``.
 
-    ``batch_size`` (the training batch size) is passed to objectives whose constructor takes
-    it (e.g. a radius predictor whose input is a similarity row), unless ``options`` sets it.
+    ``batch_size`` (the training batch size) and ``embed_dim`` (the embedding width) are passed
+    to objectives whose constructor takes them (e.g. a radius predictor whose input is a
+    similarity row, a d × d metric), unless ``options`` sets them.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; available: {', '.join(available())}")
     options = dict(options or {})
-    if batch_size is not None and "batch_size" in inspect.signature(_REGISTRY[name]).parameters:
-        options.setdefault("batch_size", batch_size)
+    parameters = inspect.signature(_REGISTRY[name]).parameters
+    for key, value in (("batch_size", batch_size), ("embed_dim", embed_dim)):
+        if value is not None and key in parameters:
+            options.setdefault(key, value)
     try:
         return _REGISTRY[name](**options)
     except TypeError as exc:

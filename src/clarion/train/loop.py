@@ -28,12 +28,13 @@ from ..config import Config
 from ..data.audio import ClipCache
 from ..data.dataset import AudioTextDataset, collate
 from ..data.manifest import Manifest, read_manifest
+from ..data.noise import corrupt_captions, write_corrupted_pairs
 from ..evaluate.embed import autocast_for, evaluate_retrieval
-from ..evaluate.geometry import drift_diagnostics
+from ..evaluate.geometry import drift_diagnostics, plan_mass_by_pair_kind
 from ..evaluate.retrieval import mean_r1
 from ..models import DualEncoder, build_model, train_tokenizer
-from ..objectives import Objective, build_objective, diagnostics_as_floats
-from ..rundir import OBJECTIVE_PREFIX, RunError, load_run_config, load_tokenizer, model_state, save_model
+from ..objectives import Objective, diagnostics_as_floats
+from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
 
 log = logging.getLogger("clarion.train")
@@ -139,6 +140,7 @@ class Trainer:
     val_set: Manifest | None
     device: torch.device
     cache: ClipCache | None
+    corrupted_rows: torch.Tensor | None = None  # [rows] bool: captions shuffled by the noise protocol
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
@@ -202,6 +204,8 @@ class Trainer:
         if not torch.isfinite(out.loss):
             log.warning("non-finite loss at step %d; step skipped (rows %s)", self.state.step, batch["index"].tolist())
             return None
+        if out.plan is not None and self.corrupted_rows is not None:
+            out.diagnostics.update(plan_mass_by_pair_kind(out.plan, self.corrupted_rows[batch["index"]]))
         drift = self.cfg.train.drift_every
         if drift and (self.state.step + 1) % drift == 0:
             out.diagnostics.update(drift_diagnostics(out.loss, a, t))
@@ -316,6 +320,13 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     train_set = read_manifest(cfg.data.train, cfg.data.on_bad_sample)
     val_set = read_manifest(cfg.data.val, cfg.data.on_bad_sample) if cfg.data.val else None
     log.info("train: %s", train_set.summary())
+    corrupted_rows = None
+    if cfg.data.noise_ratio > 0:
+        train_set, corrupted = corrupt_captions(train_set, cfg.data.noise_ratio, cfg.data.noise_seed)
+        write_corrupted_pairs(run / "noisy_pairs.csv", corrupted)
+        corrupted_rows = torch.zeros(len(train_set), dtype=torch.bool)
+        corrupted_rows[[pair.row for pair in corrupted]] = True
+        log.info("noise: captions of %d training rows corrupted (listed in %s)", len(corrupted), run / "noisy_pairs.csv")
     if val_set is not None:
         log.info("val: %s", val_set.summary())
 
@@ -326,10 +337,10 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
         tokenizer = train_tokenizer(train_set.captions, cfg.model.vocab_size)
         tokenizer.save(str(tokenizer_path))
     model = build_model(cfg, tokenizer)
-    objective = build_objective(cfg.objective.name, cfg.objective.options, batch_size=cfg.train.batch_size)
+    objective = build_run_objective(cfg)
     cache = ClipCache(cfg.data.cache_dir, cfg.audio.sample_rate, cfg.audio.max_seconds) if cfg.data.cache_dir else None
 
-    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache)
+    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows)
     resumed = resume and trainer.resume()
     metrics = MetricsLog(run / "metrics.jsonl", trainer.state.step if resumed else None)
     n_params = sum(p.numel() for p in model.parameters())
