@@ -4,34 +4,34 @@ Both solvers end with a plan of Gibbs form (potentials in units of ε: ``u = f/�
 
     π_ij = exp(u_i + v_j + w − C_ij/ε),
 
-where row i carries an equality constraint ``Σ_j π_ij = μ_i`` when it is *active* (always for balanced
-OT; for partial OT when its multiplier is non-zero, u_i < 0) and has ``u_i = 0`` otherwise; likewise
-columns; and ``w`` enforces the total mass ``Σ_ij π_ij = s`` (implied by the rows in the balanced case,
-where it is redundant but harmless). With the active sets held fixed (they are locally constant under
-strict complementarity), differentiating these equalities in the direction dC gives, with
-``dφ_ij = du_i + dv_j + dw`` (``du_i = 0`` off the active rows, ``dv_j = 0`` off the active columns),
+where row i carries the equality ``Σ_j π_ij = μ_i`` when it is *active* (every row for balanced OT;
+for partial OT the tight rows, see :func:`clarion.ot.partial_sinkhorn`) and has ``u_i = 0`` otherwise;
+likewise columns; and ``w`` enforces the total mass ``Σ_ij π_ij = s`` (implied by the rows in the
+balanced case: redundant but harmless). With the active sets held fixed (locally constant under strict
+complementarity), differentiating these equalities in a direction dC, with z = (du, dv, dw) and
+``dφ_ij = du_i + dv_j + dw`` (du_i = 0 off the active rows, dv_j = 0 off the active columns), gives
 
-    dπ = π ⊙ (dφ − dC/ε),     Aᵀ(π ⊙ dφ) = Aᵀ(π ⊙ dC)/ε   restricted to the active equations,
+    dπ = π ⊙ (dφ − dC/ε),     Aᵀ(π ⊙ dφ) = Aᵀ(π ⊙ dC)/ε,
 
-where ``Aᵀ X = (X1 on active rows, Xᵀ1 on active columns, 1ᵀX1)``. This is the symmetric positive
-semi-definite system ``M z = Aᵀ(π ⊙ dC)/ε`` of size n + m + 1 with blocks (r = π1, c = πᵀ1, s = 1ᵀπ1;
-I, J the active masks)
+where ``Aᵀ X = (I ⊙ X1, J ⊙ Xᵀ1, 1ᵀX1)`` keeps the active equations (I [n], J [m]: the 0/1 active
+masks). This is the symmetric positive semi-definite system ``M z = Aᵀ(π ⊙ dC)/ε`` of size n + m + 1
+with (r = π1, c = πᵀ1, s = 1ᵀπ1)
 
     M = [[diag(I r),      I π J,        I r],
          [(I π J)ᵀ,       diag(J c),    J c],
-         [(I r)ᵀ,         (J c)ᵀ,       s  ]]     (identity on the inactive coordinates).
+         [(I r)ᵀ,         (J c)ᵀ,       s  ]]     (+ identity on the inactive coordinates).
 
-Reverse mode: for a loss L with G = ∂L/∂π and P = G ⊙ π, dL = ⟨P, dφ⟩ − ⟨P, dC⟩/ε, and solving the
-adjoint system ``M y = Aᵀ P`` gives
+Reverse mode, for any loss L of the plan, with G = ∂L/∂π and P = G ⊙ π: dL = ⟨P, dφ⟩ − ⟨P, dC⟩/ε
+and ⟨P, dφ⟩ = ⟨AᵀP, z⟩, so solving the adjoint system ``M y = Aᵀ P`` for y = (y_r, y_c, y_s) gives
 
-    ∂L/∂C = π ⊙ (Y − G)/ε,    Y_ij = I_i y_i + J_j y_j' + y_h.
+    ∂L/∂C = π ⊙ (Y − G)/ε,    Y_ij = I_i y_r,i + J_j y_c,j + y_s.
 
-M is singular exactly when all rows are active (null vector du = 1, dw = −1) and/or all columns are
-active (dv = 1, dw = −1); Aᵀ P is orthogonal to these gauge directions, and Y does not depend on the
-component along them, so a rank-one term along each is added. The row block is diagonal, so it is
-eliminated (Schur complement) and the dense solve is over the columns and the mass, of size
-min(n, m) + 1 (the problem is transposed when n < m). Memory and time do not depend on the number of
-forward iterations: only π and the two masks are saved.
+M is singular exactly when every row is active (null vector du = 1, dw = −1) and/or every column is
+(dv = 1, dw = −1). Aᵀ P is orthogonal to these gauge directions and Y does not depend on y's
+component along them, so a rank-one term along each makes the system regular without changing Y. The
+row block is diagonal and is eliminated (Schur complement): the dense solve is over the columns and
+the mass, of size min(n, m) + 1 (the problem is transposed when n < m). Memory and time do not depend
+on the number of forward iterations: only π and the two masks are saved.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ def plan_vjp(plan: Tensor, grad_plan: Tensor, eps: float, row_active: Tensor, co
     """
     if plan.shape[-2] < plan.shape[-1]:
         return plan_vjp(plan.mT, grad_plan.mT, eps, col_active, row_active).mT
-    y_rows, y_cols, y_mass = _solve_adjoint(plan, grad_plan * plan, row_active, col_active)
+    weighted = grad_plan * plan
+    y_rows, y_cols, y_mass = _solve_adjoint(plan, weighted, row_active, col_active)
     potential = y_rows[..., :, None] + y_cols[..., None, :] + y_mass[..., None, None]
-    return (plan * potential - grad_plan * plan) / eps
+    return (plan * potential - weighted) / eps
 
 
 def _solve_adjoint(plan: Tensor, weighted: Tensor, row_active: Tensor, col_active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -89,7 +90,9 @@ def _solve_adjoint(plan: Tensor, weighted: Tensor, row_active: Tensor, col_activ
         S = [[diag(J c + 1 − J) − Bᵀ D⁻¹ B,   J c − Bᵀ D⁻¹ b],
              [(J c − Bᵀ D⁻¹ b)ᵀ,               s − bᵀ D⁻¹ b ]],
 
-    then y_rows = D⁻¹(I P1 − B y_cols − b y_mass). Inactive coordinates come out as zero.
+    then y_rows = D⁻¹(I P1 − B y_cols − b y_mass). Inactive coordinates come out as zero. The gauge
+    directions of M become (0, 1) (all rows active) and (J, −1) (all columns active) in S; each gets a
+    rank-one term with eigenvalue s/m, the size of S's typical diagonal entry c_j.
     """
     m = plan.shape[-1]
     rows = row_active.to(plan.dtype)
@@ -104,33 +107,17 @@ def _solve_adjoint(plan: Tensor, weighted: Tensor, row_active: Tensor, col_activ
     DinvB = B / d[..., :, None]
     S_cc = torch.diag_embed(cols * c + (1 - cols)) - B.mT @ DinvB
     S_cm = cols * c - (DinvB.mT @ b[..., None]).squeeze(-1)
-    S_mm = s - (b * b / d).sum(-1)
+    scale = s / m
+    S_mm = s - (b * b / d).sum(-1) + row_active.all(-1).to(plan.dtype) * scale
     rhs_cols = a_cols - (DinvB.mT @ a_rows[..., None]).squeeze(-1)
     rhs_mass = a_mass - (b * a_rows / d).sum(-1)
 
-    # All rows active: the (rows, mass) gauge makes S_cm, S_mm and rhs_mass vanish exactly;
-    # zero them instead of keeping their rounding error.
-    all_rows = row_active.all(-1)
-    S_cm = torch.where(all_rows[..., None], torch.zeros_like(S_cm), S_cm)
-    S_mm = torch.where(all_rows, torch.zeros_like(S_mm), S_mm)
-    rhs_mass = torch.where(all_rows, torch.zeros_like(rhs_mass), rhs_mass)
-
     S = torch.cat([torch.cat([S_cc, S_cm[..., :, None]], -1), torch.cat([S_cm, S_mm[..., None]], -1)[..., None, :]], -2)
-    S = S + _gauge_terms(all_rows, col_active.all(-1), cols, s / m)
+    v = torch.cat([cols, -torch.ones_like(cols[..., :1])], -1)
+    col_gauge = col_active.all(-1).to(plan.dtype) * scale / (m + 1)
+    S = S + col_gauge[..., None, None] * v[..., :, None] * v[..., None, :]
     y = torch.linalg.solve(S, torch.cat([rhs_cols, rhs_mass[..., None]], -1))
     y_cols, y_mass = y[..., :m], y[..., m]
     y_rows = (a_rows - (B @ y_cols[..., None]).squeeze(-1) - b * y_mass[..., None]) / d
     return rows * y_rows, cols * y_cols, y_mass
 
-
-def _gauge_terms(all_rows: Tensor, all_cols: Tensor, cols: Tensor, scale: Tensor) -> Tensor:
-    """Rank-one terms [..., m+1, m+1] along the null directions of S: (0, 1) if every row is active,
-    (J, −1) if every column is active; each with eigenvalue ``scale`` (≈ a typical diagonal of S)."""
-    m = cols.shape[-1]
-    e_mass = torch.zeros_like(cols[..., :1]).expand(*cols.shape[:-1], m + 1).clone()
-    e_mass[..., m] = 1
-    v = torch.cat([cols, -torch.ones_like(cols[..., :1])], -1)
-    rank_one = lambda x: x[..., :, None] * x[..., None, :]  # noqa: E731
-    w_rows = (all_rows.to(cols.dtype) * scale)[..., None, None]
-    w_cols = (all_cols.to(cols.dtype) * scale / (m + 1))[..., None, None]
-    return w_rows * rank_one(e_mass) + w_cols * rank_one(v)
