@@ -4,6 +4,8 @@ Plans are compared as ``n·m·π`` (the uniform plan has entries 1/(nm), so this
 to a typical entry) with tolerance 1e-5.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -50,11 +52,12 @@ def plan_error(plan, reference):
 # --------------------------------------------------------------------------------------------- POT
 
 
+@pytest.mark.parametrize("method", ["stabilized", "log"])
 @pytest.mark.parametrize("eps", [0.01, 0.05, 0.1])
 @pytest.mark.parametrize("n, m, uniform", [(5, 5, True), (16, 12, False), (64, 64, False)])
-def test_sinkhorn_matches_pot(n, m, uniform, eps):
+def test_sinkhorn_matches_pot(n, m, uniform, eps, method):
     cost, mu, nu = problem(n, m, seed=n + m, uniform=uniform)
-    result = sinkhorn(cost, eps, mu, nu, max_iter=20000, tol=1e-12)
+    result = sinkhorn(cost, eps, mu, nu, max_iter=20000, tol=1e-12, method=method)
     ref = ot.sinkhorn(mu.numpy(), nu.numpy(), cost.numpy(), eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-13)
     assert result.converged and result.marginal_error < 1e-12
     assert plan_error(result.plan, ref) < 1e-5
@@ -135,18 +138,19 @@ def test_default_marginals_are_uniform_and_broadcast():
 # ------------------------------------------------------------------------------------------ float32
 
 
-@pytest.mark.parametrize("solver", ["balanced", "partial"])
+@pytest.mark.parametrize("solver", ["balanced", "balanced-log", "partial"])
 def test_float32_stable_at_small_eps(solver):
     cost, mu, nu = problem(64, 48, seed=5, dtype=torch.float32)
     cost = cost.requires_grad_()
-    if solver == "balanced":
-        result = sinkhorn(cost, 0.01, mu, nu, max_iter=5000, tol=1e-5)
+    if solver.startswith("balanced"):
+        method = "log" if solver == "balanced-log" else "stabilized"
+        result = sinkhorn(cost, 0.01, mu, nu, max_iter=5000, tol=1e-5, method=method)
     else:
         result = partial_sinkhorn(cost, 0.01, 0.8, mu, nu, max_iter=5000, tol=1e-5)
     plan = result.plan
     assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
     assert result.converged and result.marginal_error < 1e-5
-    if solver == "balanced":
+    if solver.startswith("balanced"):
         assert (plan.sum(-1) - mu).abs().sum() < 1e-5 and (plan.sum(-2) - nu).abs().sum() < 1e-5
     else:
         assert (plan.sum(-1) <= mu + 1e-6).all() and (plan.sum(-2) <= nu + 1e-6).all()
@@ -384,3 +388,28 @@ def test_cuda_matches_cpu(dtype):
             grads.append(c.grad.cpu())
         assert torch.allclose(results[0], results[1], atol=1e-5 / (32 * 24))
         assert torch.allclose(grads[0], grads[1], atol=1e-3 * grads[0].abs().max().item())
+
+
+def test_stabilized_sinkhorn_redoes_an_overflowing_block_in_the_log_domain(monkeypatch):
+    """A scaling block whose potentials come back non-finite (an under/overflowed scaling) is
+    discarded and redone with logsumexp updates; the answer is the log-domain solver's."""
+    solver_module = importlib.import_module("clarion.ot.sinkhorn")
+    real_block, calls = solver_module._scaling_block, []
+
+    def overflow_twice(*args):
+        calls.append(1)
+        u, v = real_block(*args)
+        return (u + float("inf"), v) if len(calls) <= 2 else (u, v)
+
+    monkeypatch.setattr(solver_module, "_scaling_block", overflow_twice)
+    cost, mu, nu = problem(32, 24, seed=9, dtype=torch.float32)
+    result = sinkhorn(cost, 0.01, mu, nu, max_iter=5000, tol=1e-5)
+    reference = sinkhorn(cost, 0.01, mu, nu, max_iter=5000, tol=1e-5, method="log")
+    assert len(calls) > 2 and result.converged and torch.isfinite(result.plan).all()
+    assert torch.allclose(result.plan, reference.plan, atol=1e-6)
+
+
+def test_sinkhorn_rejects_unknown_method():
+    cost, mu, nu = problem(4, 4, seed=1)
+    with pytest.raises(ValueError, match="method must be"):
+        sinkhorn(cost, 0.1, method="exp")
