@@ -125,29 +125,32 @@ class MiniBatchLearningToMatch(Objective):
         self.eps, self.partial_mass, self.delta = eps, partial_mass, delta
         self.max_iter, self.tol = max_iter, tol
 
+    @property
+    def partial(self) -> bool:
+        return self.partial_mass is not None and self.partial_mass < 1.0
+
     def plan(self, cost: torch.Tensor):
         """The balanced or partial entropic plan of a [B, B] cost (an ``OTResult``)."""
-        if self.partial_mass is None or self.partial_mass >= 1.0:
-            return sinkhorn(cost, self.eps, max_iter=self.max_iter, tol=self.tol)
-        return partial_sinkhorn(cost, self.eps, self.partial_mass, max_iter=self.max_iter, tol=self.tol)
+        if self.partial:
+            return partial_sinkhorn(cost, self.eps, self.partial_mass, max_iter=self.max_iter, tol=self.tol)
+        return sinkhorn(cost, self.eps, max_iter=self.max_iter, tol=self.tol)
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
-        cost = ground_cost(self.metric, t, a, self.delta)
-        result = self.plan(cost)
-        plan = result.plan
-        b = len(audio_ids)
+        result = self.plan(ground_cost(self.metric, t, a, self.delta))
+        plan, detached = result.plan, result.plan.detach()
         target = matching_target(audio_ids, plan.dtype)
-        if self.partial_mass is not None and self.partial_mass < 1.0:
-            target = target * (b * plan.detach().sum(1, keepdim=True)).clamp(max=1.0)  # row i scaled by w_i
+        if self.partial:  # row i scaled by w_i, the share of its mass the plan transports
+            target = target * (len(audio_ids) * detached.sum(1, keepdim=True)).clamp(max=1.0)
         support = target > 0
-        log_plan = plan[support].clamp(min=torch.finfo(plan.dtype).tiny).log()
-        loss = (target[support] * (target[support].clamp(min=torch.finfo(plan.dtype).tiny).log() - log_plan)).sum()
+        tiny = torch.finfo(plan.dtype).tiny
+        target, matched = target[support], plan[support]
+        loss = (target * (target.clamp(min=tiny).log() - matched.clamp(min=tiny).log())).sum()
         diagnostics = {
             "ot_iterations": float(result.n_iter),
             "ot_marginal_error": float(result.marginal_error),
-            "ot_matched_mass": (plan.detach() * same_audio(audio_ids)).sum() / plan.detach().sum(),
+            "ot_matched_mass": (detached * same_audio(audio_ids)).sum() / detached.sum(),
         }
-        return ObjectiveOutput(loss, diagnostics, plan=plan.detach())
+        return ObjectiveOutput(loss, diagnostics, plan=detached)
 
     def after_optimizer_step(self) -> None:
         self.metric.project()
