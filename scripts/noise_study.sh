@@ -6,7 +6,7 @@
 #
 # DATA_DIR holds `clarion synth` output (train/val/test.csv). Each run trains with the demo recipe
 # (configs/demo.yaml) for EPOCHS epochs, then is evaluated on test.csv with cosine scoring
-# (test.json) and, for m-LTM runs, OT scoring as well (test_ot.json). Finished runs are skipped,
+# (test.json) and with OT scoring (test_ot.json; m-LTM runs use their learned metric). Finished runs are skipped,
 # so the script can be re-run to continue. Partial OT keeps mass s = 1 − p (0.95 at p = 0).
 # Summarise with: python scripts/noise_study_summary.py OUT_DIR
 set -u
@@ -26,9 +26,7 @@ for seed in $SEEDS; do
       $BIN/clarion train -q --config configs/demo.yaml --train "$DATA/train.csv" --val "$DATA/val.csv" \
           --objective "$objective" --out "$run" --cache-dir "$OUT/cache" --noise-ratio "$p" \
           train.epochs="$EPOCHS" train.seed="$seed" "$@" > "$run.log" 2>&1 || { echo "FAILED $run (see $run.log)"; continue; }
-      if [ "$objective" = mltm ]; then
-        $BIN/clarion evaluate "$run" --data "$DATA/test.csv" --scoring ot --json "$run/test_ot.json" -q > /dev/null
-      fi
+      $BIN/clarion evaluate "$run" --data "$DATA/test.csv" --scoring ot --json "$run/test_ot.json" -q > /dev/null
       $BIN/clarion evaluate "$run" --data "$DATA/test.csv" --json "$run/test.json" -q > /dev/null
       echo "done $run $(date +%T)"
     done
