@@ -12,10 +12,10 @@ def test_defaults_match_the_documented_protocol():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("train:\n  lr: 0.01\n  epochs: 3\nobjective:\n  name: siglip\n  options: {init_bias: -5}\n")
-    cfg = load_config(path, ["train.lr=3e-4", "model.audio_channels=[8, 16]", "objective.options.init_scale=5"])
+    cfg = load_config(path, ["train.lr=3e-4", "model.audio_channels=[8, 16]", "objective.options.init_scale=5", "margin=0.5"])
     assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.epochs == 3
     assert cfg.objective.name == "siglip"
-    assert cfg.objective.options == {"init_bias": -5, "init_scale": 5}
+    assert cfg.objective.options == {"init_bias": -5, "init_scale": 5, "margin": 0.5}  # a bare key is an option
     assert cfg.model.audio_channels == [8, 16]
     assert isinstance(cfg.audio.clip_seconds, float)
 

@@ -79,6 +79,10 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
     log_every: int = 1  # steps between metrics.jsonl records
     drift_every: int = 10  # steps between drift diagnostics (an extra loss-only backward); 0 disables
+    collapse_every: int = 10  # steps between feature-collapse statistics of the batch embeddings; 0 disables
+    collapse_max_cos: float = 0.9  # collapsed when a modality's mean pairwise cosine exceeds this ...
+    collapse_min_rank: float = 2.0  # ... or its effective rank falls below this
+    collapse_patience: int = 3  # consecutive collapsed checks (after warm-up) before the warning
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     eval_batch_size: int = 128
 
@@ -158,7 +162,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML).
 
-    ``objective.options.<name>=value`` sets a free-form objective option.
+    ``objective.options.<name>=value`` sets a free-form objective option; a key without a dot is
+    shorthand for it (``clarion train --objective mltm partial_mass=0.9``).
     """
     data = Config().to_dict()
     if path is not None:
@@ -171,7 +176,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        key = key.strip()
+        if "." not in key:
+            key = f"objective.options.{key}"
+        _set_path(data, key, yaml.safe_load(raw) if raw.strip() else None)
     return config_from_dict(data)
 
 

@@ -97,9 +97,13 @@ def load_tokenizer(run: Path) -> Tokenizer:
 
 
 def build_run_objective(cfg: Config) -> Objective:
-    """The objective named by ``cfg``, sized by its batch size and embedding width."""
+    """The objective named by ``cfg``, sized by its batch size and embedding width, seeded by its seed."""
     return build_objective(
-        cfg.objective.name, cfg.objective.options, batch_size=cfg.train.batch_size, embed_dim=cfg.model.embed_dim
+        cfg.objective.name,
+        cfg.objective.options,
+        batch_size=cfg.train.batch_size,
+        embed_dim=cfg.model.embed_dim,
+        seed=cfg.train.seed,
     )
 
 

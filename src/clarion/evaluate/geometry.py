@@ -52,3 +52,42 @@ def plan_mass_by_pair_kind(plan: torch.Tensor, corrupted: torch.Tensor) -> dict[
             out[f"ot_row_mass_{kind}"] = row_mass[mask].mean()
             out[f"ot_pair_mass_{kind}"] = pair_mass[mask].mean()
     return out
+
+
+def effective_rank(x: torch.Tensor) -> torch.Tensor:
+    """Effective rank (Roy & Vetterli 2007) of ``x`` [n, d]: ``exp(−Σ_k p_k log p_k)``, ``p_k = σ_k / Σ σ``.
+
+    1 for identical rows, k for k orthogonal rows of equal norm; uncentred, so a batch collapsed
+    onto one direction scores ≈ 1.
+    """
+    sigma = torch.linalg.svdvals(x.double())
+    p = sigma / sigma.sum().clamp(min=1e-300)
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum())
+
+
+def mean_pairwise_cosine(x: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the n(n−1) ordered pairs of distinct rows of ``x`` [n, d] (n ≥ 2)."""
+    u = F.normalize(x.double(), dim=-1)
+    n = len(u)
+    total = u.sum(0)
+    return ((total @ total) - (u * u).sum()) / (n * (n - 1))
+
+
+def collapse_diagnostics(a: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+    """Feature-collapse statistics of a batch of audio ``a`` and text ``t`` embeddings [B, d] (B ≥ 2).
+
+    Per modality m ∈ {audio, text}:
+        ``collapse_{m}_cos``   mean pairwise cosine between distinct items (→ 1 when collapsed)
+        ``collapse_{m}_std``   mean per-dimension std of the L2-normalised embeddings, times √d
+                               (≈ 1 for directions spread uniformly on the sphere, → 0 when collapsed)
+        ``collapse_{m}_rank``  effective rank of the batch (→ 1 when collapsed; ≤ min(B, d))
+    """
+    out = {}
+    with torch.no_grad():
+        for name, x in (("audio", a), ("text", t)):
+            u = F.normalize(x.detach().double(), dim=-1)
+            out[f"collapse_{name}_cos"] = float(mean_pairwise_cosine(u))
+            out[f"collapse_{name}_std"] = float(u.std(0).mean() * u.shape[1] ** 0.5)
+            out[f"collapse_{name}_rank"] = float(effective_rank(u))
+    return out

@@ -61,19 +61,24 @@ def available() -> list[str]:
 
 
 def build_objective(
-    name: str, options: dict[str, Any] | None = None, batch_size: int | None = None, embed_dim: int | None = None
+    name: str,
+    options: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+    embed_dim: int | None = None,
+    seed: int | None = None,
 ) -> Objective:
     """Instantiate the objective registered as ``name`` with keyword ``options``.
 
-    ``batch_size`` (the training batch size) and ``embed_dim`` (the embedding width) are passed
-    to objectives whose constructor takes them (e.g. a radius predictor whose input is a
-    similarity row, a d × d metric), unless ``options`` sets them.
+    ``batch_size`` (the training batch size), ``embed_dim`` (the embedding width) and ``seed``
+    (the training seed) are passed to objectives whose constructor takes them (e.g. a radius
+    predictor whose input is a similarity row, a d × d metric, a random negative sampler),
+    unless ``options`` sets them.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; available: {', '.join(available())}")
     options = dict(options or {})
     parameters = inspect.signature(_REGISTRY[name]).parameters
-    for key, value in (("batch_size", batch_size), ("embed_dim", embed_dim)):
+    for key, value in (("batch_size", batch_size), ("embed_dim", embed_dim), ("seed", seed)):
         if value is not None and key in parameters:
             options.setdefault(key, value)
     try:

@@ -30,12 +30,13 @@ from ..data.dataset import AudioTextDataset, collate
 from ..data.manifest import Manifest, read_manifest
 from ..data.noise import corrupt_captions, write_corrupted_pairs
 from ..evaluate.embed import autocast_for, evaluate_retrieval
-from ..evaluate.geometry import drift_diagnostics, plan_mass_by_pair_kind
+from ..evaluate.geometry import collapse_diagnostics, drift_diagnostics, plan_mass_by_pair_kind
 from ..evaluate.retrieval import mean_r1
 from ..models import DualEncoder, build_model, train_tokenizer
 from ..objectives import Objective, diagnostics_as_floats
 from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
+from .collapse import CollapseMonitor
 
 log = logging.getLogger("clarion.train")
 
@@ -165,6 +166,8 @@ class Trainer:
         self.audio_ids = torch.from_numpy(self.train_set.audio_ids)
         self.state = TrainingState(epoch=0, step=0, step_in_epoch=0, best_score=-1.0, best_epoch=-1)
         self.skipped_samples = 0
+        c = self.cfg.train
+        self.collapse = CollapseMonitor(c.collapse_max_cos, c.collapse_min_rank, c.collapse_patience, c.warmup_steps)
 
     def _batches(self, epoch: int) -> list[list[int]]:
         c = self.cfg
@@ -209,6 +212,11 @@ class Trainer:
         drift = self.cfg.train.drift_every
         if drift and (self.state.step + 1) % drift == 0:
             out.diagnostics.update(drift_diagnostics(out.loss, a, t))
+        every = self.cfg.train.collapse_every
+        if every and (self.state.step + 1) % every == 0:
+            stats = collapse_diagnostics(a, t)
+            self.collapse.update(self.state.step + 1, stats)
+            out.diagnostics.update(stats)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         clip = self.cfg.train.grad_clip
@@ -263,7 +271,10 @@ class Trainer:
                 "epoch %d/%d: train loss %.4f, val mean R@1 %s (%.1f s)", epoch + 1, c.epochs,
                 record["train_loss"], record.get("val_mean_R@1"), record["time_s"],
             )
-        return {"best_epoch": self.state.best_epoch, "best_val_mean_R@1": self.state.best_score, "step": self.state.step}
+        return {
+            "best_epoch": self.state.best_epoch, "best_val_mean_R@1": self.state.best_score, "step": self.state.step,
+            "collapse_warning_step": self.collapse.warned_at_step,
+        }
 
     def end_epoch(self, epoch: int, seconds: float, wait: float) -> dict[str, Any]:
         """Validate, keep the best model (by mean R@1; the last one without validation), checkpoint."""
@@ -271,7 +282,7 @@ class Trainer:
             "type": "epoch", "epoch": epoch, "step": self.state.step,
             "train_loss": self.state.epoch_loss_sum / max(1, self.state.epoch_loss_count),
             "time_s": seconds, "data_wait_share": wait / seconds if seconds else 0.0,
-            "skipped_samples": self.skipped_samples,
+            "skipped_samples": self.skipped_samples, "collapse_warning_step": self.collapse.warned_at_step,
         }
         score = float(epoch)
         if self.val_set is not None:
