@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,3 +50,46 @@ def test_infonce_drift_matches_the_analytic_gradient():
         grad = scale / 12 * ((p_audio - eye).T @ a + (p_text - eye) @ a)  # ∂L/∂t
         g, u = -grad, F.normalize(a - t, dim=1)
         assert d["drift_cos"] == pytest.approx(float(F.cosine_similarity(g, u, dim=1).mean()), rel=1e-9)
+
+
+def test_modality_gap_alignment_uniformity_hand_computed():
+    from clarion.evaluate.geometry import alignment, embedding_geometry, modality_gap, uniformity
+
+    audio = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    # means (.5, .5) and (−.5, .5): gap 1
+    assert modality_gap(audio, text) == pytest.approx(1.0)
+    # ‖(1,−1)‖² = 2 and ‖(1,1)‖² = 2
+    assert alignment(audio, text) == pytest.approx(2.0)
+    # two orthogonal unit vectors: ‖x−y‖² = 2 → log e^{−4} = −4; antipodal: −8; repeated: 0
+    assert uniformity(audio) == pytest.approx(-4.0)
+    assert uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0)
+    assert uniformity(torch.tensor([[0.6, 0.8]] * 3)) == pytest.approx(0.0, abs=1e-12)
+    # three points: pairs with ‖·‖² 2, 2, 4 → log((2e^{−4} + e^{−8}) / 3)
+    three = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert uniformity(three) == pytest.approx(math.log((2 * math.exp(-4) + math.exp(-8)) / 3))
+    geometry = embedding_geometry(audio, torch.cat([text, text[:1]]), torch.tensor([0, 1, 1]))
+    assert geometry["alignment"] == pytest.approx((2 + 2 + 0) / 3)
+
+
+def test_uniformity_chunks_match_an_explicit_pair_loop():
+    from clarion.evaluate.geometry import uniformity
+
+    x = F.normalize(torch.randn(37, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64), dim=-1)
+    pairs = [math.exp(-2 * float((x[i] - x[j]).pow(2).sum())) for i in range(37) for j in range(37) if i != j]
+    assert uniformity(x, chunk=5) == pytest.approx(math.log(sum(pairs) / len(pairs)), rel=1e-10)
+
+
+def test_language_subsets_reindex_clips_and_average():
+    from clarion.evaluate.embed import EmbeddedSet, mean_over_languages, score_retrieval
+
+    audio = torch.eye(3)
+    # clip 0: en + de caption, clip 1: en, clip 2: de
+    text = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0], [0, 0.6, 0.8]])
+    data = EmbeddedSet(audio, text, torch.tensor([0, 1, 0, 2]), ["en", "en", "de", "de"], 0)
+    de = data.language("de")
+    assert de.caption_clip.tolist() == [0, 1] and torch.equal(de.audio, audio[[0, 2]])
+    per = {lang: score_retrieval(data.language(lang)) for lang in ("en", "de")}
+    assert per["en"]["t2a"]["R@1"] == 1.0 and per["de"]["t2a"]["R@1"] == 1.0
+    mean = mean_over_languages({"en": {"t2a": {"R@1": 1.0}, "a2t": {"R@1": 0.5}}, "de": {"t2a": {"R@1": 0.5}, "a2t": {"R@1": 0.0}}})
+    assert mean == {"t2a": {"R@1": 0.75}, "a2t": {"R@1": 0.25}}

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import signal
@@ -70,6 +71,25 @@ def test_training_learns_and_cli_evaluates(tone_data, tmp_path, capsys):
     assert metrics["t2a"]["R@1"] >= 0.5
     best = max(epochs, key=lambda r: r["val_mean_R@1"])
     assert metrics["t2a"] == pytest.approx(best["val"]["t2a"])  # model.safetensors is the best epoch
+    geometry = metrics["geometry"]
+    assert 0 <= geometry["modality_gap"] <= 2 and 0 <= geometry["alignment"] <= 4
+    assert -4 <= geometry["uniformity_audio"] <= 0 and -4 <= geometry["uniformity_text"] <= 0
+    assert "languages" not in metrics  # no lang column
+
+    # the same captions tagged as two languages: each language is scored on its own, then averaged
+    rows = list(csv.DictReader(open(tone_data["val"])))
+    bilingual = tone_data["val"].parent / "val_bilingual.csv"
+    with open(bilingual, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["audio", "caption", "lang"])
+        writer.writeheader()
+        writer.writerows({"audio": r["audio"], "caption": r["caption"], "lang": "en" if i % 2 == 0 else "xx"} for i, r in enumerate(rows))
+    assert main(["evaluate", str(run), "--data", str(bilingual), "--json", str(tmp_path / "ml.json"), "-q"]) == 0
+    multilingual = json.loads((tmp_path / "ml.json").read_text())
+    assert set(multilingual["languages"]) == {"en", "xx"}
+    for side in ("t2a", "a2t"):
+        for k in ("R@1", "mAP@10"):
+            per = [multilingual["languages"][lang][side][k] for lang in ("en", "xx")]
+            assert multilingual["language_mean"][side][k] == pytest.approx(sum(per) / 2)
 
 
 def test_existing_run_is_not_overwritten(tone_data, tmp_path):

@@ -48,7 +48,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", parents=[COMMON], help="train a dual encoder", description="Train a dual encoder. Trailing key=value "
                        "arguments override the config, e.g. train.lr=3e-4 objective.options.multi_positive=true.")
-    p.add_argument("--train", help="training manifest (CSV/JSONL)")
+    p.add_argument("--train", help="training manifest (CSV/JSONL) or dataset spec NAME:PATH@SPLIT")
     p.add_argument("--val", help="validation manifest, scored every epoch (best model by mean R@1)")
     p.add_argument("--objective", help="objective name (see `clarion objectives`)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", parents=[COMMON], help="text-to-audio and audio-to-text retrieval metrics of a run")
     p.add_argument("run", type=Path)
-    p.add_argument("--data", required=True, help="test manifest")
+    p.add_argument("--data", required=True, help="test manifest, or dataset spec NAME:PATH@SPLIT")
     p.add_argument("--json", type=Path, help="also write the metrics here")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-bad-sample", choices=["skip", "fail"], default="skip")
@@ -120,15 +120,167 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("zeroshot", parents=[COMMON], help="zero-shot classification accuracy of a run",
+                       description="Zero-shot classification: each clip gets the class whose prompt embedding is "
+                       "closest. Classes come from the manifest's label column (or --labels); a fold column "
+                       "adds per-fold accuracy and their mean.")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", required=True, help="manifest with a label column (and optionally fold), or a "
+                   "dataset spec such as esc50:PATH")
+    p.add_argument("--labels", type=Path, help="class list, one label per line (default: the manifest's labels, sorted)")
+    p.add_argument("--prompt", action="append", metavar="TEMPLATE",
+                   help="prompt template containing {label}; repeat to average several "
+                   "(default: 'This is a sound of {label}.')")
+    p.add_argument("--json", type=Path,
+                   help="also write the metrics here; stdout leaves the confusion matrix out beyond 20 classes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--on-bad-sample", choices=["skip", "fail"], default="skip")
+    p.set_defaults(func=_zeroshot)
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+    from .data.manifest import read_manifest
+    from .evaluate.zeroshot import DEFAULT_PROMPT, check_prompts, evaluate_zeroshot, read_labels
+    from .rundir import load_model
+    from .train.loop import resolve_device
+
+    prompts = check_prompts(args.prompt or [DEFAULT_PROMPT])
+    labels = read_labels(args.labels) if args.labels else None
+    device = resolve_device(args.device)
+    cfg, model = load_model(args.run, device)
+    cfg.data.on_bad_sample = args.on_bad_sample
+    manifest = read_manifest(args.data, args.on_bad_sample)
+    metrics = evaluate_zeroshot(model, manifest, cfg, device, prompts=prompts, labels=labels)
+    metrics["counts"]["bad_rows"] = len(manifest.bad)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    if len(metrics["labels"]) > 20:  # a large confusion matrix goes to --json only
+        metrics = {k: v for k, v in metrics.items() if k != "confusion"}
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _add_objectives(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("objectives", parents=[COMMON], help="list the registered training objectives")
     p.set_defaults(func=lambda args: print("\n".join(__import__("clarion.objectives").objectives.available())) or 0)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", parents=[COMMON], help="train and evaluate a grid of objectives x seeds x noise ratios, then tabulate",
+        description="Run a grid from a YAML file, a preset or flags. Finished cells are not rerun; interrupted ones "
+        "resume. Writes OUT/results.{md,csv} (mean ± std over seeds) and OUT/significance.{md,csv} (paired "
+        "bootstrap over test queries for every pair of objectives).",
+    )
+    p.add_argument("--preset", choices=["synthetic"], help="the synthetic benchmark's standard comparison")
+    p.add_argument("--quick", action="store_true", help="with --preset: a minutes-long smoke version")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", type=Path, help="without a grid file: folder with train.csv, val.csv, test.csv")
+    p.add_argument("--objectives", nargs="+", help="without a grid file: objective names")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--noise", nargs="+", type=float, default=[0.0])
+    p.add_argument("--recipe", type=Path, help="without a grid file: training config YAML")
+    p.add_argument("--jobs", type=int, help="cells at once (default: one per GPU, else 1)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the paired tests")
+    p.add_argument("items", nargs="*", metavar="GRID.yaml | key=value",
+                   help="a grid YAML (see clarion.compare.grid), then config overrides for every cell")
+    p.set_defaults(func=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import load_grid, run_grid, synthetic_preset, write_tables
+    from .compare.grid import Grid, _objectives
+
+    files = [Path(x) for x in args.items if "=" not in x]
+    if len(files) > 1:
+        raise ConfigError(f"one grid file at most, got {', '.join(map(str, files))}")
+    args.grid, args.overrides = (files[0] if files else None), [x for x in args.items if "=" in x]
+    if sum(x is not None for x in (args.grid, args.preset, args.objectives)) != 1:
+        raise ConfigError("give exactly one of: a grid file, --preset, or --objectives (with --data)")
+    if args.preset:
+        grid = synthetic_preset(args.out, quick=args.quick)
+    elif args.grid:
+        grid = load_grid(args.grid)
+    else:
+        if args.data is None:
+            raise ConfigError("--objectives needs --data DIR (with train.csv, val.csv, test.csv)")
+        val = args.data / "val.csv"
+        grid = Grid(args.data / "train.csv", val if val.is_file() else None, args.data / "test.csv",
+                    _objectives(args.objectives), args.seeds, args.noise, args.recipe)
+    grid.overrides = [*grid.overrides, *args.overrides]
+    results = run_grid(grid, args.out, args.jobs, args.device)
+    paths = write_tables(results, args.out, args.resamples)
+    print(paths["results.md"].read_text())
+    print(f"tables: {', '.join(str(p) for p in paths.values())}")
+    failed = [r for r in results if r.metrics is None]
+    for r in failed:
+        print(f"clarion compare: cell {r.cell.key} failed: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", parents=[COMMON], help="a single-file HTML report of one or more runs",
+                       description="Write a self-contained HTML report (inline PNG plots) of training curves, "
+                       "retrieval and, with --data, the embedding geometry of one or more runs.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    p.add_argument("--data", help="manifest to embed for the modality gap, similarity and OT plan sections")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (default report.html)")
+    p.add_argument("--device", default="auto", help="device for embedding --data (auto | cpu | cuda)")
+    p.add_argument("--max-clips", type=int, default=40, help="clips in the heatmaps (default 40)")
+    p.add_argument("--ot-eps", type=float, default=0.03, help="entropic regularisation of the OT plan heatmap")
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    if args.max_clips < 1:
+        raise ValueError(f"--max-clips must be at least 1, got {args.max_clips}")
+    out = build_report(args.runs, args.out, data=args.data, device=args.device, max_clips=args.max_clips, ot_eps=args.ot_eps)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect manifests and public datasets (data check)",
+                       description="Tools for manifests and dataset specs NAME:PATH[@SPLIT] (clotho, audiocaps, esc50, "
+                       "us8k, wavcaps; see clarion.data.datasets).")
+    tools = p.add_subparsers(dest="data_command", required=True)
+    c = tools.add_parser("check", parents=[COMMON], help="validate every row and clip of a manifest or dataset",
+                         description="Validate every row: file exists and decodes, duration, sample rate, silence, "
+                         "NaN/Inf samples, empty captions, duplicate rows and duplicate audio. A dataset spec without "
+                         "@SPLIT is checked split by split. Prints a summary per split; exit 0, or 1 with --strict "
+                         "when there are problems (missing AudioCaps clips excepted).")
+    c.add_argument("target", metavar="MANIFEST|SPEC", help="manifest file, or NAME:PATH[@SPLIT]")
+    c.add_argument("--csv", type=Path, help="write the problems here (split, file, source, line, kind, detail)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when any problem is found")
+    c.add_argument("--min-seconds", type=float, default=0.1, help="shorter clips are too_short (default 0.1)")
+    c.add_argument("--max-seconds", type=float, default=600.0,
+                   help="longer clips are too_long (default 600, the decode cap audio.max_seconds)")
+    c.add_argument("--silence-db", type=float, default=-60.0, help="clips with RMS below this (dBFS) are silent (default -60)")
+    c.add_argument("--headers-only", action="store_true", help="read headers only: no NaN, silence or duplicate-audio checks")
+    c.add_argument("--workers", type=int, default=1, help="threads decoding files (default 1)")
+    c.set_defaults(func=_data_check)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data, format_report, write_problems
+
+    result = check_data(args.target, args.min_seconds, args.max_seconds, args.silence_db,
+                        decode=not args.headers_only, workers=args.workers)
+    print(format_report(result))
+    if args.csv:
+        print(f"problems written to {write_problems(args.csv, result)}")
+    return 1 if args.strict and result.failing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_evaluate, _add_objectives):
+    for add in (_add_synth, _add_train, _add_evaluate, _add_zeroshot, _add_objectives, _add_compare, _add_report, _add_data):
         add(sub)
     return parser
 

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = 16000
+    sample_rate: int = 16000  # set from the audio encoder when it needs a fixed rate (see load_config)
     clip_seconds: float = 4.0
     n_fft: int = 512
     hop_length: int = 160
@@ -47,15 +47,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    audio_encoder: str = "cnn"
-    text_encoder: str = "transformer"
+    audio_encoder: str = "cnn"  # cnn | panns-cnn14 | panns-resnet38 | hf
+    text_encoder: str = "transformer"  # transformer | hf | minilm-packaged
+    audio_pretrained: str | None = None  # panns-*: official .pth file (None: random init); hf: local dir or cached hub id
+    text_pretrained: str | None = None  # hf: local dir or cached hub id (nothing is downloaded)
+    panns_width: int = 64  # PANNs channel base (64 = the official size; smaller only for tests / from scratch)
+    freeze_audio: bool = False  # no gradients, eval mode (BatchNorm, dropout) for the audio encoder
+    freeze_text: bool = False  # the same for the text encoder; projection heads always train
     embed_dim: int = 256
     audio_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # stem, then one block each
     text_width: int = 256
     text_layers: int = 2
     text_heads: int = 4
-    text_pooling: str = "mean"  # mean | cls
-    max_tokens: int = 48
+    text_pooling: str = "mean"  # mean (over the attention mask) | cls; also for hf text encoders
+    max_tokens: int = 48  # text truncation length, also for hf text encoders
     vocab_size: int = 2000
     dropout: float = 0.1
 
@@ -70,7 +75,8 @@ class ObjectiveConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # projection heads and objective state (and the encoders when encoder_lr is None)
+    encoder_lr: float | None = None  # audio and text encoders; None: the same as lr
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0  # max global grad norm; 0 disables
@@ -163,7 +169,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML).
 
     ``objective.options.<name>=value`` sets a free-form objective option; a key without a dot is
-    shorthand for it (``clarion train --objective mltm partial_mass=0.9``).
+    shorthand for it (``clarion train --objective mltm partial_mass=0.9``). ``audio.sample_rate``
+    then follows the audio encoder when it needs a fixed rate (:func:`resolve_sample_rate`).
     """
     data = Config().to_dict()
     if path is not None:
@@ -172,6 +179,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         _merge(data, loaded, "")
+        rate_given = isinstance(loaded, dict) and isinstance(loaded.get("audio"), dict) and "sample_rate" in loaded["audio"]
+    else:
+        rate_given = False
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -180,7 +190,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if "." not in key:
             key = f"objective.options.{key}"
         _set_path(data, key, yaml.safe_load(raw) if raw.strip() else None)
-    return config_from_dict(data)
+        rate_given = rate_given or key == "audio.sample_rate"
+    return resolve_sample_rate(config_from_dict(data), rate_given)
+
+
+def resolve_sample_rate(cfg: Config, given: bool) -> Config:
+    """Make ``audio.sample_rate`` the rate the audio encoder needs (PANNs: 32 kHz; a Hugging Face
+    model: its feature extractor's ``sampling_rate``), so the data pipeline decodes and resamples
+    to it. When the config gave ``audio.sample_rate`` itself (``given``) and it differs, that is
+    an error rather than a silent change. Encoders that build their front end from ``audio.*``
+    (``cnn``) leave it alone; so does a Hugging Face model whose files cannot be found here."""
+    from .models import required_sample_rate  # models import this module
+
+    rate = required_sample_rate(cfg.model)
+    if rate is None or rate == cfg.audio.sample_rate:
+        return cfg
+    if given:
+        raise ConfigError(
+            f"audio.sample_rate={cfg.audio.sample_rate} contradicts model.audio_encoder={cfg.model.audio_encoder}, "
+            f"which works at {rate} Hz: drop audio.sample_rate (it is then set from the encoder) or set it to {rate}"
+        )
+    cfg.audio.sample_rate = rate
+    return cfg
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> None:

@@ -3,6 +3,10 @@
     RUN/config.yaml          resolved config tree
     RUN/tokenizer.json       the text tokenizer the model was trained with
     RUN/model.safetensors    best weights (model + objective state), + RUN/model.json metadata
+    RUN/text_encoder/        for a pretrained (Hugging Face) text encoder: config.json + tokenizer
+    RUN/audio_encoder/       files, for a Hugging Face audio encoder: config.json +
+                             preprocessor_config.json; what rebuilding the tower offline needs
+                             (its weights are in model.safetensors, so a run is self-contained)
     RUN/checkpoints/         full training state for --resume (see train/checkpoint.py)
     RUN/metrics.jsonl        one JSON object per logged step / epoch
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from .models import DualEncoder, build_model
 from .objectives import Objective, build_objective
 
 OBJECTIVE_PREFIX = "objective."
+ENCODER_DIRS = ("audio_encoder", "text_encoder")  # RUN/<name>/: files a tower needs to be rebuilt
 
 
 class RunError(RuntimeError):
@@ -71,8 +77,34 @@ def model_state(model: DualEncoder, objective: torch.nn.Module) -> dict[str, tor
     return cpu_tensors(state)
 
 
+def save_encoder_files(run: Path, model: DualEncoder) -> None:
+    """``RUN/audio_encoder/`` and ``RUN/text_encoder/`` for towers with ``save_pretrained_files``
+    (configs, tokenizer, feature extractor; no weights), each written to a temporary folder and
+    swapped into place."""
+    for name in ENCODER_DIRS:
+        save = getattr(getattr(model, name), "save_pretrained_files", None)
+        if save is None:
+            continue
+        target = run / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run))
+        try:
+            save(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=run))
+            os.replace(target, old / name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def save_model(run: Path, model: DualEncoder, objective: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` and ``model.json`` (meta + checksum), each atomically."""
+    """Write the encoders' files (:func:`save_encoder_files`), then ``model.safetensors`` and
+    ``model.json`` (meta + checksum), each atomically."""
+    save_encoder_files(run, model)
     weights = run / "model.safetensors"
     atomic_write(weights, lambda tmp: save_file(model_state(model, objective), str(tmp)))
     meta = {**meta, "sha256": sha256(weights)}
@@ -121,10 +153,17 @@ def read_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DualEncoder]:
-    """Rebuild the dual encoder of a run from its config + tokenizer and load its best weights."""
+    """Rebuild the dual encoder of a run from its config + tokenizer (and the pretrained towers'
+    files in ``RUN/text_encoder/``, ``RUN/audio_encoder/``; the original model paths are not
+    needed) and load its best weights."""
     run = Path(run)
     cfg = load_run_config(run)
-    model = build_model(cfg, load_tokenizer(run))
+    try:
+        model = build_model(cfg, load_tokenizer(run), saved=run)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, RunError):
+            raise
+        raise RunError(f"{run}: cannot rebuild the model: {exc}") from exc
     state = read_weights(run)
     model_keys = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)}
     missing, unexpected = model.load_state_dict(model_keys, strict=False)

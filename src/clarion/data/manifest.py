@@ -2,8 +2,10 @@
 
 A manifest is a CSV file or a JSON-lines file (``.jsonl`` or ``.json``) with the columns
 ``audio`` (a path, relative to the manifest's folder or absolute), ``caption`` and the
-optional ``label`` and ``lang``; other columns are ignored. A clip with several captions
-appears in several rows with the same ``audio``.
+optional ``label``, ``lang`` and ``fold`` (a cross-validation fold, e.g. ESC-50's 1-5);
+other columns are ignored. A clip with several captions
+appears in several rows with the same ``audio``. A public dataset in its own layout is read
+through a dataset spec ``NAME:PATH[@SPLIT]`` instead (see :mod:`clarion.data.datasets`).
 
 Structural problems (missing file, unknown extension, missing column, bad text or JSON)
 raise :class:`ManifestError`. Bad rows are skipped and logged, or raise
@@ -30,7 +32,7 @@ logger = logging.getLogger("clarion.data")
 
 POLICIES = ("skip", "fail")
 REQUIRED = ("audio", "caption")
-OPTIONAL = ("label", "lang")
+OPTIONAL = ("label", "lang", "fold")
 _LOGGED_BAD_ROWS = 20
 
 
@@ -65,6 +67,7 @@ class Row:
     label: str | None
     lang: str | None
     line: int
+    fold: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,14 @@ class Manifest:
             first.setdefault(row.audio, row.label)
         return list(first.values())
 
+    @property
+    def folds(self) -> list[str | None]:
+        """Per clip, the ``fold`` of its first row."""
+        first: dict[Path, str | None] = {}
+        for row in self.rows:
+            first.setdefault(row.audio, row.fold)
+        return list(first.values())
+
     def subset(self, lang: str | None) -> Manifest:
         """The rows whose ``lang`` equals ``lang`` (possibly none); ``bad`` is kept as is."""
         return Manifest(self.path, [row for row in self.rows if row.lang == lang], list(self.bad))
@@ -126,8 +137,32 @@ class Manifest:
         return f"{text}: {_count_reasons(self.bad)}" if self.bad else text
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A row as read from a manifest or a dataset's metadata, before validation.
+
+    ``source`` is the file it comes from and ``line`` its 1-based line there (for a JSON
+    dataset file, the 1-based index of the entry); ``audio`` is the audio value as written
+    (or the id that names the clip) and ``path`` the file it resolves to, or None when no
+    file could be found.
+    """
+
+    source: Path
+    line: int
+    audio: str
+    path: Path | None
+    caption: str
+    label: str | None = None
+    lang: str | None = None
+    fold: str | None = None
+
+
 def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_audio: bool = True) -> Manifest:
-    """Read and validate a manifest.
+    """Read and validate a manifest, or a public dataset addressed by a spec ``NAME:PATH[@SPLIT]``.
+
+    An existing file is always read as a manifest; anything else of the form ``NAME:PATH``
+    (``NAME`` two or more letters, digits, ``_`` or ``-``) is a dataset spec read by
+    :func:`clarion.data.datasets.read_dataset`.
 
     Each row is checked in turn for: an empty ``audio`` value ("missing audio path"),
     an empty caption ("empty caption"), a missing file ("missing file") and, with
@@ -139,6 +174,22 @@ def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_au
     """
     if on_bad_sample not in POLICIES:
         raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
+    if not os.path.isfile(path):
+        from .datasets import parse_spec, read_dataset
+
+        spec = parse_spec(path)
+        if spec is not None:
+            return read_dataset(spec, on_bad_sample, check_audio)
+    path, entries = read_entries(path)
+    return build_manifest(path, entries, on_bad_sample, check_audio)
+
+
+def read_entries(path: str | os.PathLike) -> tuple[Path, list[Entry]]:
+    """The absolute path of a manifest file and its rows as :class:`Entry` (unvalidated).
+
+    Raises :class:`ManifestError` for a missing file, an unknown extension, bad text or a
+    missing ``audio``/``caption`` column.
+    """
     path = Path(os.path.abspath(path))
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -149,37 +200,61 @@ def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_au
             f"{path}: missing required column(s) {', '.join(missing)}; "
             f"found columns: {', '.join(columns) or '(none)'}; required: {', '.join(REQUIRED)}"
         )
-
-    rows: list[Row] = []
-    bad: list[BadRow] = []
-    file_checks: dict[Path, str | None] = {}
+    entries = []
     for line, record in records:
         value = _text(record.get("audio"))
-        caption = _text(record.get("caption"))
-        audio = Path(os.path.abspath(path.parent / value))
-        if not value:
+        label, lang, fold = (_text(record.get(c)) or None for c in ("label", "lang", "fold"))
+        audio = Path(os.path.abspath(path.parent / value)) if value else None
+        entries.append(Entry(path, line, value, audio, _text(record.get("caption")), label, lang, fold))
+    return path, entries
+
+
+def build_manifest(
+    path: Path,
+    entries: list[Entry],
+    on_bad_sample: str = "skip",
+    check_audio: bool = True,
+    skipped: list[BadRow] | None = None,
+) -> Manifest:
+    """Validate ``entries`` into a :class:`Manifest` at ``path`` under the bad-row policy.
+
+    The checks and their order are those of :func:`read_manifest`; an entry whose ``path``
+    is None is a "missing file". ``skipped`` rows (already reported by the caller, e.g.
+    AudioCaps clips that were never downloaded) head ``Manifest.bad`` whatever the policy.
+    """
+    if on_bad_sample not in POLICIES:
+        raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
+    rows: list[Row] = []
+    bad: list[BadRow] = list(skipped or [])
+    n_bad = 0
+    file_checks: dict[Path, str | None] = {}
+    for entry in entries:
+        audio = entry.path
+        if not entry.audio:
             reason = "missing audio path"
-        elif not caption:
+        elif not entry.caption:
             reason = "empty caption"
+        elif audio is None:
+            reason = "missing file"
         else:
             if audio not in file_checks:
                 file_checks[audio] = _check_file(audio, check_audio)
             reason = file_checks[audio]
         if reason is None:
-            label, lang = _text(record.get("label")), _text(record.get("lang"))
-            rows.append(Row(audio, caption, label or None, lang or None, line))
+            rows.append(Row(audio, entry.caption, entry.label, entry.lang, entry.line, entry.fold))
             continue
-        bad_row = BadRow(path, line, value, reason)
+        bad_row = BadRow(entry.source, entry.line, entry.audio, reason)
         if on_bad_sample == "fail":
             raise BadSampleError.for_row(bad_row)
         bad.append(bad_row)
-        if len(bad) <= _LOGGED_BAD_ROWS:
+        n_bad += 1
+        if n_bad <= _LOGGED_BAD_ROWS:
             logger.warning("skipping bad row %s", bad_row)
 
-    if len(bad) > _LOGGED_BAD_ROWS:
+    if n_bad > _LOGGED_BAD_ROWS:
         logger.warning(
             "%s: %d more bad rows skipped, not listed; in all %s",
-            path, len(bad) - _LOGGED_BAD_ROWS, _count_reasons(bad),
+            path, n_bad - _LOGGED_BAD_ROWS, _count_reasons(bad),
         )
     if not rows:
         raise ManifestError(f"no usable rows in {path}: {_count_reasons(bad) if bad else 'no data rows'}")
@@ -189,7 +264,7 @@ def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_au
 def write_manifest(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write rows (dicts) as CSV, or as JSON lines for ``.jsonl``/``.json``.
 
-    Columns are ``audio`` and ``caption``, plus ``label`` and ``lang`` when any row has one.
+    Columns are ``audio`` and ``caption``, plus ``label``, ``lang`` and ``fold`` when any row has one.
     """
     path = Path(path)
     kind = _kind(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -13,6 +14,7 @@ from ..data.audio import ClipCache
 from ..data.dataset import ClipDataset, collate
 from ..data.manifest import Manifest
 from ..models import DualEncoder
+from .geometry import embedding_geometry
 from .ot_retrieval import CostFn, euclidean_cost, ot_scores
 from .retrieval import retrieval_metrics
 
@@ -63,6 +65,57 @@ def embed_captions(model: DualEncoder, captions: list[str], device: torch.device
     return torch.cat(out)
 
 
+@dataclass
+class EmbeddedSet:
+    """An evaluation manifest embedded: every decodable clip once, every caption of those clips."""
+
+    audio: torch.Tensor  # [n_clips, d] unit norm (CPU, fp32)
+    text: torch.Tensor  # [n_captions, d]
+    caption_clip: torch.Tensor  # [n_captions] row of each caption's clip in ``audio``
+    langs: list[str | None]  # [n_captions] the manifest's ``lang`` of each caption
+    skipped_clips: int
+
+    def language(self, lang: str) -> EmbeddedSet:
+        """The captions in ``lang`` and the clips they describe (re-indexed)."""
+        keep = torch.tensor([x == lang for x in self.langs])
+        clips, caption_clip = torch.unique(self.caption_clip[keep], return_inverse=True)
+        return EmbeddedSet(self.audio[clips], self.text[keep], caption_clip, [lang] * int(keep.sum()), 0)
+
+
+def embed_manifest(
+    model: DualEncoder, manifest: Manifest, cfg: Config, device: torch.device, cache: ClipCache | None = None
+) -> EmbeddedSet:
+    """Embed ``manifest``; captions of clips that cannot be decoded are left out (the clips are counted)."""
+    audio, clip_index, bad = embed_clips(model, manifest, cfg, device, cache)
+    if bad:
+        log.warning("%d clip(s) of %s could not be decoded and were left out of evaluation", len(bad), manifest.path)
+    position = torch.full((len(manifest.clips),), -1, dtype=torch.long)
+    position[clip_index] = torch.arange(len(clip_index))
+    caption_clip = position[torch.from_numpy(manifest.audio_ids)]
+    keep = (caption_clip >= 0).tolist()
+    rows = [row for row, k in zip(manifest.rows, keep) if k]
+    text = embed_captions(model, [row.caption for row in rows], device, cfg.train.eval_batch_size, cfg.train.amp)
+    return EmbeddedSet(audio, text, caption_clip[torch.tensor(keep)], [row.lang for row in rows], len(bad))
+
+
+def score_retrieval(data: EmbeddedSet, scoring: str = "cosine", cost_fn: CostFn | None = None, ot_eps: float = 0.03) -> dict:
+    """T2A / A2T metrics of an embedded set, ranked by cosine or by an OT plan over the whole set."""
+    if scoring == "ot":
+        scores, info = ot_scores(data.text, data.audio, cost_fn or euclidean_cost, eps=ot_eps)
+        return {**retrieval_metrics(scores, data.caption_clip), "scoring": {"method": "ot", **info}}
+    if scoring == "cosine":
+        return {**retrieval_metrics(data.text @ data.audio.T, data.caption_clip), "scoring": {"method": "cosine"}}
+    raise ValueError(f"scoring must be 'cosine' or 'ot', got {scoring!r}")
+
+
+def mean_over_languages(per_language: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The unweighted mean of every T2A / A2T metric over languages."""
+    return {
+        side: {k: sum(m[side][k] for m in per_language.values()) / len(per_language) for k in next(iter(per_language.values()))[side]}
+        for side in ("t2a", "a2t")
+    }
+
+
 def evaluate_retrieval(
     model: DualEncoder,
     manifest: Manifest,
@@ -73,28 +126,24 @@ def evaluate_retrieval(
     cost_fn: CostFn | None = None,
     ot_eps: float = 0.03,
 ) -> dict:
-    """T2A / A2T metrics on ``manifest`` plus counts; captions of undecodable clips are left out (counted).
+    """Retrieval metrics on ``manifest``, with the embedding geometry and counts.
 
     ``scoring="cosine"`` ranks by ``t · a``; ``"ot"`` by the entropic transport plan over the
-    whole set (:func:`ot_scores`, cost ``cost_fn``, default the Euclidean one).
+    whole set (:func:`ot_scores`, cost ``cost_fn``, default the Euclidean one). Returns
+    ``{"t2a", "a2t", "scoring", "geometry", "counts"}``; when the captions carry two or more
+    ``lang`` values, also ``"languages": {lang: {"t2a", "a2t"}}`` (each language's captions
+    against the clips they describe) and ``"language_mean"``.
     """
-    if scoring not in ("cosine", "ot"):
-        raise ValueError(f"scoring must be 'cosine' or 'ot', got {scoring!r}")
-    audio, clip_index, bad = embed_clips(model, manifest, cfg, device, cache)
-    position = torch.full((len(manifest.clips),), -1, dtype=torch.long)
-    position[clip_index] = torch.arange(len(clip_index))
-    caption_clip = position[torch.from_numpy(manifest.audio_ids)]
-    keep = caption_clip >= 0
-    captions = [c for c, k in zip(manifest.captions, keep.tolist()) if k]
-    text = embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp)
-    if scoring == "ot":
-        scores, info = ot_scores(text, audio, cost_fn or euclidean_cost, eps=ot_eps)
-        metrics = retrieval_metrics(scores, caption_clip[keep])
-        metrics["scoring"] = {"method": "ot", **info}
-    else:
-        metrics = retrieval_metrics(text @ audio.T, caption_clip[keep])
-        metrics["scoring"] = {"method": "cosine"}
-    metrics["counts"] = {"captions": len(captions), "clips": len(clip_index), "skipped_clips": len(bad)}
-    if bad:
-        log.warning("%d clip(s) of %s could not be decoded and were left out of evaluation", len(bad), manifest.path)
+    data = embed_manifest(model, manifest, cfg, device, cache)
+    metrics = score_retrieval(data, scoring, cost_fn, ot_eps)
+    metrics["geometry"] = embedding_geometry(data.audio, data.text, data.caption_clip)
+    languages = sorted({lang for lang in data.langs if lang})
+    if len(languages) >= 2:
+        per_language = {}
+        for lang in languages:
+            scored = score_retrieval(data.language(lang), scoring, cost_fn, ot_eps)
+            per_language[lang] = {"t2a": scored["t2a"], "a2t": scored["a2t"]}
+        metrics["languages"] = per_language
+        metrics["language_mean"] = mean_over_languages(per_language)
+    metrics["counts"] = {"captions": len(data.text), "clips": len(data.audio), "skipped_clips": data.skipped_clips}
     return metrics

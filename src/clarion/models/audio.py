@@ -55,6 +55,8 @@ class CnnAudioEncoder(nn.Module):
         self.blocks = nn.Sequential(*(ConvBlock(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:])))
         self.dropout = nn.Dropout(dropout)
         self.output_dim = channels[-1]
+        self.sample_rate = audio.sample_rate  # follows the config: its front end is built from audio.*
+        self.front_end = f"LogMel from audio.* ({audio.sample_rate} Hz, n_fft {audio.n_fft}, hop {audio.hop_length}, {audio.n_mels} mel)"
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         x = self.mel_norm(self.mel(wave))  # [B, M, T]

@@ -21,18 +21,44 @@ class Projection(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """``embed_audio``: [B, n_samples] → [B, d]; ``embed_text``: list of B captions → [B, d]; unit norm."""
+    """``embed_audio``: [B, n_samples] → [B, d]; ``embed_text``: list of B captions → [B, d]; unit norm.
 
-    def __init__(self, audio_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int):
+    ``freeze_audio`` / ``freeze_text``: that tower's parameters get no gradients
+    (``requires_grad=False``, so the optimiser leaves them out), it stays in eval mode (BatchNorm
+    statistics and dropout fixed) whatever ``train()`` is called with, and its forward runs under
+    ``no_grad``. Its projection head still trains."""
+
+    def __init__(
+        self, audio_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int,
+        freeze_audio: bool = False, freeze_text: bool = False,
+    ):
         super().__init__()
         self.audio_encoder = audio_encoder
         self.text_encoder = text_encoder
         self.audio_projection = Projection(audio_encoder.output_dim, embed_dim)
         self.text_projection = Projection(text_encoder.output_dim, embed_dim)
         self.embed_dim = embed_dim
+        self.freeze_audio = freeze_audio
+        self.freeze_text = freeze_text
+        for tower, frozen in ((audio_encoder, freeze_audio), (text_encoder, freeze_text)):
+            if frozen:
+                tower.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> DualEncoder:
+        super().train(mode)
+        if self.freeze_audio:
+            self.audio_encoder.eval()
+        if self.freeze_text:
+            self.text_encoder.eval()
+        return self
 
     def embed_audio(self, wave: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.audio_projection(self.audio_encoder(wave)).float(), dim=-1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_audio):
+            feature = self.audio_encoder(wave)
+        return F.normalize(self.audio_projection(feature).float(), dim=-1)
 
     def embed_text(self, captions: list[str]) -> torch.Tensor:
-        return F.normalize(self.text_projection(self.text_encoder(captions)).float(), dim=-1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text):
+            feature = self.text_encoder(captions)
+        return F.normalize(self.text_projection(feature).float(), dim=-1)

@@ -90,17 +90,40 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 
 def build_optimizer(cfg: Config, model: DualEncoder, objective: Objective) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and conv kernels only (not biases, norms, objective state)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    no_decay += [p for p in objective.parameters() if p.requires_grad]
+    """AdamW; weight decay on matrices and conv kernels only (not biases, norms, objective state).
+
+    Frozen parameters (``requires_grad=False``) are left out. ``train.encoder_lr`` applies to the
+    audio and text encoders, ``train.lr`` to the projection heads and the objective's state. With
+    ``encoder_lr`` None everything runs at ``train.lr`` in two groups (decay, no decay), the
+    layout of checkpoints written before ``encoder_lr`` existed; otherwise the groups are
+    heads (decay, no decay), then encoders (decay, no decay), empty groups dropped, so the
+    first group (whose rate ``metrics.jsonl`` logs) is always the heads'.
+    """
+
+    def split(params: list[torch.nn.Parameter]) -> tuple[list, list]:
+        decay = [p for p in params if p.ndim >= 2]
+        return decay, [p for p in params if p.ndim < 2]
+
+    wd, lr, encoder_lr = cfg.train.weight_decay, cfg.train.lr, cfg.train.encoder_lr
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    objective_params = [p for p in objective.parameters() if p.requires_grad]
+    if encoder_lr is None:
+        decay, no_decay = split(trainable)
+        groups = [
+            {"params": decay, "weight_decay": wd},
+            {"params": no_decay + objective_params, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=lr)
+    in_encoders = {id(p) for tower in (model.audio_encoder, model.text_encoder) for p in tower.parameters()}
+    head_decay, head_no_decay = split([p for p in trainable if id(p) not in in_encoders])
+    enc_decay, enc_no_decay = split([p for p in trainable if id(p) in in_encoders])
     groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": head_decay, "weight_decay": wd, "lr": lr},
+        {"params": head_no_decay + objective_params, "weight_decay": 0.0, "lr": lr},
+        {"params": enc_decay, "weight_decay": wd, "lr": encoder_lr},
+        {"params": enc_no_decay, "weight_decay": 0.0, "lr": encoder_lr},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 class MetricsLog:
