@@ -15,6 +15,7 @@ from clarion.evaluate.zeroshot import (
     average_templates,
     check_prompts,
     evaluate_zeroshot,
+    fill_prompt,
     read_labels,
     sort_folds,
     zeroshot_metrics,
@@ -134,6 +135,8 @@ def test_metric_input_errors():
 def test_prompt_and_label_file_checks(tmp_path):
     assert check_prompts(["a {label}", "the sound of {label}"]) == ["a {label}", "the sound of {label}"]
     assert check_prompts(DEFAULT_PROMPT) == [DEFAULT_PROMPT]
+    assert fill_prompt(DEFAULT_PROMPT, "chirping_birds") == "This is a sound of chirping birds."
+    assert fill_prompt("{label} {x}", "dog") == "dog {x}"
     for bad, message in ([["a sound"], "does not contain {label}"], [[], "at least one"], [["{label}"] * 2, "repeated"]):
         with pytest.raises(ValueError, match=message):
             check_prompts(bad)

@@ -46,8 +46,6 @@ made readable. Missing columns raise :class:`ManifestError` naming the file and 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import mmap
@@ -57,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .manifest import BadRow, Entry, Manifest, ManifestError, build_manifest
+from .manifest import BadRow, Entry, Manifest, ManifestError, build_manifest, read_csv_text, read_text
 
 logger = logging.getLogger("clarion.data")
 
@@ -234,29 +232,9 @@ def _check_root(spec: DatasetSpec) -> None:
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and (start line, record) pairs of a metadata CSV; missing columns raise."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e})") from e
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: cannot decode as UTF-8 ({e})") from e
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    records = []
-    end = 0
-    try:
-        for fields in reader:
-            start, end = end + 1, reader.line_num
-            if not fields:
-                continue
-            if header is None:
-                header = [name.strip() for name in fields]
-            else:
-                records.append((start, {k: v.strip() for k, v in zip(header, fields)}))
-    except csv.Error as e:
-        raise ManifestError(f"{path}:{reader.line_num}: invalid CSV ({e})") from e
-    header = header or []
+    """Header and (start line, record) pairs of a metadata CSV, values stripped; missing columns raise."""
+    header, raw = read_csv_text(path, read_text(path))
+    records = [(line, {k: (v or "").strip() for k, v in record.items()}) for line, record in raw]
     missing = [c for c in required if c not in header]
     if missing:
         raise ManifestError(

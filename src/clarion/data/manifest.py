@@ -294,14 +294,22 @@ def _kind(path: Path) -> str:
 def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """The columns found and the (start line, record) pairs of a manifest file."""
     kind = _kind(path)
+    text = read_text(path)
+    return read_csv_text(path, text) if kind == "csv" else _read_jsonl(path, text)
+
+
+def read_text(path: Path) -> str:
+    """A metadata file's text (UTF-8, optional BOM); unreadable or undecodable files raise ManifestError."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e})") from e
     except UnicodeDecodeError as e:
         raise ManifestError(f"{path}: cannot decode as UTF-8 ({e})") from e
-    return _read_csv(path, text) if kind == "csv" else _read_jsonl(path, text)
 
 
-def _read_csv(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+def read_csv_text(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and the (start line, record) pairs of CSV ``text`` read from ``path``."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     records: list[tuple[int, dict]] = []

@@ -151,8 +151,9 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def fill_prompt(template: str, label: str) -> str:
-    """``template`` with every ``{label}`` replaced (other braces are kept as written)."""
-    return template.replace(PLACEHOLDER, label)
+    """``template`` with every ``{label}`` replaced by the label, underscores read as spaces
+    (ESC-50's ``chirping_birds`` → "chirping birds"); other braces are kept as written."""
+    return template.replace(PLACEHOLDER, label.replace("_", " "))
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
