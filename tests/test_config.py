@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from clarion.config import Config, ConfigError, load_config
@@ -48,3 +50,14 @@ def test_unknown_key_in_yaml_is_an_error(tmp_path):
     path.write_text("train:\n  epoch: 3\n")
     with pytest.raises(ConfigError, match="train.epoch"):
         load_config(path)
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_builds_its_objective(recipe):
+    from clarion.rundir import build_run_objective
+
+    cfg = load_config(recipe)
+    objective = build_run_objective(cfg)
+    assert type(objective).__name__ and cfg.train.epochs > 0
+    if cfg.model.audio_encoder.startswith("panns"):
+        assert cfg.audio.sample_rate == 32000  # follows the encoder
