@@ -17,7 +17,7 @@ def mean_std(values: list[float]) -> str:
 
 def main(out: Path) -> None:
     results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    mass: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    mass: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     for path in sorted(out.glob("p*/s*/*/test*.json")):
         noise, run = path.parts[-4], path.parent
         scoring = "ot" if path.name == "test_ot.json" else "cosine"
@@ -28,18 +28,20 @@ def main(out: Path) -> None:
             last_epoch = max(r["epoch"] for r in steps)
             tail = [r for r in steps if r["type"] == "step" and r["epoch"] == last_epoch and "ot_row_mass_corrupted" in r]
             if tail:
-                mass.setdefault((noise, run.name), []).append(
-                    (statistics.mean(r["ot_row_mass_corrupted"] for r in tail), statistics.mean(r["ot_row_mass_clean"] for r in tail)))
+                mass.setdefault((noise, run.name), []).append(tuple(
+                    statistics.mean(r[f"ot_{kind}_mass_{pair}"] for r in tail)
+                    for kind in ("row", "pair") for pair in ("corrupted", "clean")))
     print("| noise | objective | scoring | seeds | T2A R@1 | A2T R@1 |\n|---|---|---|---:|---:|---:|")
     for (noise, name, scoring), values in sorted(results.items()):
         print(f"| {noise[1:]} | {name} | {scoring} | {len(values)} | {mean_std([v[0] for v in values])} | {mean_std([v[1] for v in values])} |")
     if mass:
-        print("\nLast epoch, mean share of a caption's mass the plan transports (1 = all): corrupted vs clean pairs")
-        print("| noise | objective | corrupted | clean |\n|---|---|---:|---:|")
+        print("\nLast epoch, corrupted vs clean pairs: the share of a caption's mass the plan transports (row mass,"
+              " 1 = all) and the share it sends to the caption's own, labelled audio (pair mass B·π_ii)")
+        print("| noise | objective | row mass corrupted | row mass clean | pair mass corrupted | pair mass clean |")
+        print("|---|---|---:|---:|---:|---:|")
         for (noise, name), values in sorted(mass.items()):
-            corrupted = statistics.mean(v[0] for v in values)
-            clean = statistics.mean(v[1] for v in values)
-            print(f"| {noise[1:]} | {name} | {corrupted:.3f} | {clean:.3f} |")
+            means = [statistics.mean(v[k] for v in values) for k in range(4)]
+            print(f"| {noise[1:]} | {name} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
 
 
 if __name__ == "__main__":

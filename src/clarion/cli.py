@@ -48,7 +48,8 @@ def _synth(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", parents=[COMMON], help="train a dual encoder", description="Train a dual encoder. Trailing key=value "
                        "arguments override the config, e.g. train.lr=3e-4 objective.options.multi_positive=true.")
-    p.add_argument("--train", help="training manifest (CSV/JSONL) or dataset spec NAME:PATH@SPLIT")
+    p.add_argument("--train", help="training manifest (CSV/JSONL) or dataset spec NAME:PATH@SPLIT; "
+                   "webdataset:DIR streams shards (data.stream)")
     p.add_argument("--val", help="validation manifest, scored every epoch (best model by mean R@1)")
     p.add_argument("--objective", help="objective name (see `clarion objectives`)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
@@ -81,6 +82,51 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, overrides)
     summary = train(cfg, args.out, resume=args.resume)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shards", parents=[COMMON], help="write a manifest or dataset as WebDataset tar shards",
+                       description="Write one sample per clip ({key}.flac|wav + {key}.json with all its captions under "
+                       "\"text\") into OUT_DIR/shard-000000.tar, ... and OUT_DIR/shards.json (counts, source, settings, "
+                       "skipped rows and clips). Read them back with the spec webdataset:OUT_DIR (--train streams them).")
+    p.add_argument("source", metavar="MANIFEST|SPEC", help="manifest file, or dataset spec NAME:PATH[@SPLIT]")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--max-samples-per-shard", type=int, default=1000, help="default 1000")
+    p.add_argument("--max-shard-bytes", type=_size, help="close a shard before it grows past this size "
+                   "(bytes, or with a K/M/G suffix, powers of 1024)")
+    p.add_argument("--format", choices=["flac", "wav"], default="flac",
+                   help="flac: 16-bit (default); wav: 32-bit float, lossless")
+    p.add_argument("--sample-rate", type=int, help="resample to this rate before writing (default: keep each file's)")
+    p.add_argument("--max-seconds", type=float, help="keep only the first seconds of longer clips")
+    p.add_argument("--on-bad-sample", choices=["skip", "fail"], default="skip")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in OUT_DIR")
+    p.set_defaults(func=_shards)
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500000000, 512M, 1G)") from None
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from .data.shards import write_shards
+
+    index = write_shards(
+        args.source, args.out_dir, max_samples_per_shard=args.max_samples_per_shard, max_shard_bytes=args.max_shard_bytes,
+        audio_format=args.format, sample_rate=args.sample_rate, max_seconds=args.max_seconds,
+        on_bad_sample=args.on_bad_sample, overwrite=args.overwrite,
+    )
+    skipped = index["skipped"]
+    print(
+        f"wrote {index['total_samples']} samples ({index['total_captions']} captions) in {len(index['shards'])} shards "
+        f"to {args.out_dir}; skipped {skipped['rows']} bad rows and {skipped['clips']} bad clips"
+        + (f" ({', '.join(f'{n} {r}' for r, n in skipped['by_reason'].items())})" if skipped["by_reason"] else "")
+    )
     return 0
 
 
@@ -280,7 +326,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_evaluate, _add_zeroshot, _add_objectives, _add_compare, _add_report, _add_data):
+    for add in (_add_synth, _add_train, _add_shards, _add_evaluate, _add_zeroshot, _add_objectives, _add_compare, _add_report, _add_data):
         add(sub)
     return parser
 

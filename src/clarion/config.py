@@ -43,6 +43,8 @@ class DataConfig:
     num_workers: int = 1
     noise_ratio: float = 0.0  # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
     noise_seed: int = 0  # fixed apart from train.seed, so runs with different seeds see the same corrupted pairs
+    stream: bool | None = None  # stream webdataset shards (data/shards.py); None: when data.train is webdataset:DIR
+    shuffle_buffer: int = 1000  # streaming: samples each worker holds for shuffling (0: shard order only)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -59,17 +60,30 @@ def read_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | N
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "file not found")
+    return decode_audio(str(path), sample_rate, max_seconds, name=path)
+
+
+def decode_audio(
+    source: str | BinaryIO, sample_rate: int, max_seconds: float | None = None, name: str | os.PathLike | None = None
+) -> np.ndarray:
+    """:func:`read_audio` on an open binary file (e.g. ``io.BytesIO`` of a tar member) or a path.
+
+    ``name`` is what errors call the clip (default: ``source`` itself).
+    """
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    name = source if name is None else name
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(source) as f:
             file_rate = f.samplerate
             frames = -1 if max_seconds is None else _n_frames(max_seconds, file_rate)
             data = f.read(frames, dtype="float32", always_2d=True)
     except _DECODE_ERRORS as e:
-        raise AudioError(path, f"cannot decode ({_sf_message(e)})") from e
+        raise AudioError(name, f"cannot decode ({_sf_message(e)})") from e
     if data.shape[0] == 0:
-        raise AudioError(path, "empty audio (0 samples)")
+        raise AudioError(name, "empty audio (0 samples)")
     if not np.isfinite(data).all():
-        raise AudioError(path, "non-finite samples (NaN/Inf)")
+        raise AudioError(name, "non-finite samples (NaN/Inf)")
     wave = data.mean(axis=1, dtype=np.float32)
     if file_rate != sample_rate:
         wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")

@@ -38,6 +38,10 @@ file or a folder of JSON files); ``~`` is expanded. ``@SPLIT`` is the text after
                replaced) + ``.flac|.wav|.ogg`` in the JSON's folder, its ``audio/``,
                ``audio/{json stem}/`` or ``{json stem}/``. Splits are the JSON files' stems;
                none means all of them. ``line`` is the 1-based index of the entry.
+``webdataset`` WebDataset tar shards (alias ``wds``) as written by ``clarion shards``
+               (``shards.json``) or LAION-CLAP (``sizes.json``), in PATH or PATH/SPLIT.
+               Shards are extracted once to a cache; one row per caption; ``line`` is
+               the 1-based sample number. See :mod:`clarion.data.shards`.
 =============  ==========================================================================
 
 Labels stay as the datasets spell them (``chirping_birds``, ``dog_bark``); only captions are
@@ -504,6 +508,21 @@ def _wavcaps_canonical(split: str) -> str | None:
     return split.strip() or None
 
 
+# --- WebDataset shards (clarion.data.shards) ---------------------------------------------
+
+
+def _webdataset_splits(root: Path) -> list[str]:
+    from .shards import shard_splits
+
+    return shard_splits(root)
+
+
+def _webdataset_load(root: Path, split: str | None) -> SplitData:
+    from .shards import load_shard_split
+
+    return load_shard_split(root, split)
+
+
 DATASETS: dict[str, Adapter] = {
     a.name: a
     for a in (
@@ -519,6 +538,9 @@ DATASETS: dict[str, Adapter] = {
                 lambda s: _fold_split(s, 10), "fold1 .. fold10 (or none: all folds)", "metadata/UrbanSound8K.csv"),
         Adapter("wavcaps", _wavcaps_splits, _wavcaps_load, _wavcaps_canonical,
                 "the stem of a JSON file (or none: all of them)", "a JSON file, or *.json or */*.json in PATH"),
+        Adapter("webdataset", _webdataset_splits, _webdataset_load, _wavcaps_canonical,
+                "a subfolder holding shards, e.g. train, valid, test (or none: PATH's own shards)",
+                "shards.json, sizes.json or *.tar in PATH or PATH/SPLIT"),
     )
 }
-ALIASES = {"urbansound8k": "us8k"}
+ALIASES = {"urbansound8k": "us8k", "wds": "webdataset"}

@@ -4,7 +4,9 @@ backpropagates the loss and logs whatever diagnostics come back.
 Reproducibility: the epoch's batch order comes from ``(seed, epoch)``, each item's random
 crop from ``(seed, epoch, index)`` and dropout from the global torch RNG, which checkpoints
 save. Resuming at step k of an epoch skips the first k batches of the same order, so a run
-killed anywhere and resumed ends where the uninterrupted run ends.
+killed anywhere and resumed ends where the uninterrupted run ends. Training on webdataset
+shards streams them instead (:class:`~clarion.data.shards.ShardStream`, same guarantee while
+the shards and settings are unchanged); :meth:`Trainer._epoch_loader` picks the path.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from ..data.audio import ClipCache
 from ..data.dataset import AudioTextDataset, collate
 from ..data.manifest import Manifest, read_manifest
 from ..data.noise import corrupt_captions, write_corrupted_pairs
+from ..data.shards import ShardStream, stream_for
 from ..evaluate.embed import autocast_for, evaluate_retrieval
 from ..evaluate.geometry import collapse_diagnostics, drift_diagnostics, plan_mass_by_pair_kind
 from ..evaluate.retrieval import mean_r1
@@ -160,33 +164,34 @@ class Trainer:
     run: Path
     model: DualEncoder
     objective: Objective
-    train_set: Manifest
+    train_set: Manifest | None  # None when streaming shards
     val_set: Manifest | None
     device: torch.device
     cache: ClipCache | None
     corrupted_rows: torch.Tensor | None = None  # [rows] bool: captions shuffled by the noise protocol
+    stream: ShardStream | None = None  # webdataset shards streamed instead of train_set's index-based batches
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
         self.objective.to(self.device)
         self.optimizer = build_optimizer(self.cfg, self.model, self.objective)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.steps_per_epoch = len(self._batches(0))
+        self.steps_per_epoch = self.stream.num_batches(0) if self.stream else len(self._batches(0))
         total = self.cfg.train.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.cfg.train.warmup_steps, total)
         )
-        self.dataset = AudioTextDataset(
-            self.train_set,
-            self.cfg.audio.sample_rate,
-            self.cfg.audio.clip_seconds,
-            train=True,
-            cache=self.cache,
-            on_bad_sample=self.cfg.data.on_bad_sample,
-            seed=self.cfg.train.seed,
-            max_seconds=self.cfg.audio.max_seconds,
-        )
-        self.audio_ids = torch.from_numpy(self.train_set.audio_ids)
+        if self.stream is None:
+            self.dataset = AudioTextDataset(
+                self.train_set,
+                self.cfg.audio.sample_rate,
+                self.cfg.audio.clip_seconds,
+                train=True,
+                cache=self.cache,
+                on_bad_sample=self.cfg.data.on_bad_sample,
+                seed=self.cfg.train.seed,
+                max_seconds=self.cfg.audio.max_seconds,
+            )
         self.state = TrainingState(epoch=0, step=0, step_in_epoch=0, best_score=-1.0, best_epoch=-1)
         self.skipped_samples = 0
         c = self.cfg.train
@@ -195,6 +200,23 @@ class Trainer:
     def _batches(self, epoch: int) -> list[list[int]]:
         c = self.cfg
         return epoch_batches(self.train_set.audio_ids, c.data.pairs, c.train.batch_size, c.train.seed, epoch)
+
+    def _epoch_loader(self, epoch: int) -> tuple[Iterable[dict], int]:
+        """The batches of ``epoch`` from ``state.step_in_epoch`` on, and their number (either data path)."""
+        c = self.cfg.train
+        if self.stream is not None:
+            return self.stream.loader(epoch, skip=self.state.step_in_epoch, pin_memory=self.device.type == "cuda")
+        batches = self._batches(epoch)[self.state.step_in_epoch :]
+        self.dataset.set_epoch(epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.cfg.data.num_workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
+        )
+        return loader, len(batches)
 
     def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)})
@@ -219,7 +241,7 @@ class Trainer:
         wave = batch["audio"].to(self.device, non_blocking=True)
         if len(wave) < 2:
             return None
-        audio_ids = self.audio_ids[batch["index"]].to(self.device)
+        audio_ids = batch["audio_id"].to(self.device)
         self.model.train()
         self.objective.train()
         with autocast_for(self.device, self.cfg.train.amp):
@@ -253,18 +275,9 @@ class Trainer:
         c = self.cfg.train
         for epoch in range(self.state.epoch, c.epochs):
             self.state.epoch = epoch
-            batches = self._batches(epoch)[self.state.step_in_epoch :]
-            self.dataset.set_epoch(epoch)
-            loader = DataLoader(
-                self.dataset,
-                batch_sampler=batches,
-                num_workers=self.cfg.data.num_workers,
-                collate_fn=collate,
-                pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
-            )
+            loader, n_batches = self._epoch_loader(epoch)
             started, wait = time.perf_counter(), 0.0
-            progress = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, mininterval=1)
+            progress = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, mininterval=1)
             fetch_start = time.perf_counter()
             for batch in progress:
                 fetched = time.perf_counter()
@@ -351,9 +364,10 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
 
-    train_set = read_manifest(cfg.data.train, cfg.data.on_bad_sample)
+    stream = stream_for(cfg)  # webdataset shards are streamed (data.stream); anything else is a manifest
+    train_set = None if stream else read_manifest(cfg.data.train, cfg.data.on_bad_sample)
     val_set = read_manifest(cfg.data.val, cfg.data.on_bad_sample) if cfg.data.val else None
-    log.info("train: %s", train_set.summary())
+    log.info("train: %s", stream.index.summary() if stream else train_set.summary())
     corrupted_rows = None
     if cfg.data.noise_ratio > 0:
         train_set, corrupted = corrupt_captions(train_set, cfg.data.noise_ratio, cfg.data.noise_seed)
@@ -368,13 +382,13 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     if resume and tokenizer_path.exists():
         tokenizer = load_tokenizer(run)
     else:
-        tokenizer = train_tokenizer(train_set.captions, cfg.model.vocab_size)
+        tokenizer = train_tokenizer(stream.captions() if stream else train_set.captions, cfg.model.vocab_size)
         tokenizer.save(str(tokenizer_path))
     model = build_model(cfg, tokenizer)
     objective = build_run_objective(cfg)
     cache = ClipCache(cfg.data.cache_dir, cfg.audio.sample_rate, cfg.audio.max_seconds) if cfg.data.cache_dir else None
 
-    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows)
+    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows, stream)
     resumed = resume and trainer.resume()
     metrics = MetricsLog(run / "metrics.jsonl", trainer.state.step if resumed else None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -383,5 +397,5 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
         summary = trainer.fit(metrics)
     finally:
         metrics.close()
-    summary.update({"run": str(run), "skipped_samples": trainer.skipped_samples, "bad_rows": len(train_set.bad)})
+    summary.update({"run": str(run), "skipped_samples": trainer.skipped_samples, "bad_rows": len(train_set.bad) if train_set else 0})
     return summary
