@@ -41,3 +41,13 @@ def test_synth_command_writes_the_documented_layout(tmp_path, capsys):
     for name in ("train.csv", "val.csv", "test.csv", "train_multilingual.csv", "test_en.csv", "test_de.csv"):
         assert (out / name).is_file(), name
     assert len((out / "train.csv").read_text().splitlines()) == 1 + 8 * 5
+
+
+def test_overrides_may_follow_options_but_unknown_flags_still_fail(capsys):
+    from clarion.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "x", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["objectives", "a=b"])  # a command without overrides takes none

@@ -231,8 +231,9 @@ def test_cli_trains_triplet_end_to_end_with_bare_options(tone_data, tmp_path):
     from conftest import TINY
 
     run = tmp_path / "run"
-    args = ["train", "--train", str(tone_data["train"]), "--objective", "triplet", "--out", str(run),
-            "--epochs", "2", "--batch-size", "16", "-q", *TINY, "sampling=random", "margin=0.3", "train.collapse_every=1"]
+    # overrides before and after options, as a script that appends "$@" would pass them
+    args = ["train", "--train", str(tone_data["train"]), *TINY, "train.collapse_every=1", "--objective", "triplet",
+            "--out", str(run), "--epochs", "2", "--batch-size", "16", "-q", "sampling=random", "margin=0.3"]
     assert main(args) == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["type"] == "step"]
