@@ -27,7 +27,7 @@ def last_epoch_collapse(run: Path) -> tuple[dict[str, float], int | None]:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     last = max(r["epoch"] for r in records)
     checks = [r for r in records if r["type"] == "step" and r["epoch"] == last and STATS[0] in r]
-    warned = [r["collapse_warning_step"] for r in records if r["type"] == "epoch"]
+    warned = [r.get("collapse_warning_step") for r in records if r["type"] == "epoch"]
     return {k: statistics.mean(r[k] for r in checks) for k in STATS} if checks else {}, warned[-1] if warned else None
 
 

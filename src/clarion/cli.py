@@ -81,7 +81,8 @@ def _train(args: argparse.Namespace) -> int:
         config_path = args.out / "config.yaml"
     cfg = load_config(config_path, overrides)
     summary = train(cfg, args.out, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 reports
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -76,7 +76,8 @@ class ObjectiveConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: split over the processes of a torchrun job (train/distributed.py)
+    chunk_size: int | None = None  # GradCache: embed this many rows (per process) at a time, exact full-batch gradient; None: off
     lr: float = 1e-3  # projection heads and objective state (and the encoders when encoder_lr is None)
     encoder_lr: float | None = None  # audio and text encoders; None: the same as lr
     weight_decay: float = 0.01

@@ -671,6 +671,7 @@ class ShardStream:
         shuffle_buffer: int = 1000,
         on_bad_sample: str = "skip",
         max_seconds: float | None = None,
+        rank_rows: tuple[int, int] | None = None,
     ):
         if on_bad_sample not in POLICIES:
             raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
@@ -687,6 +688,8 @@ class ShardStream:
         self.shuffle_buffer = shuffle_buffer
         self.on_bad_sample = on_bad_sample
         self.max_seconds = max_seconds
+        # under torchrun: this process decodes and yields rows [lo, hi) of every global batch
+        self.rank_rows = rank_rows or (0, batch_size)
         if self.num_batches(0) == 0:
             raise ValueError(
                 f"batch size {batch_size} is larger than the samples each of {self.workers} worker(s) streams "
@@ -752,14 +755,17 @@ class ShardEpoch(IterableDataset):
         records = (r for i in s.plan(self.epoch)[worker] for r in _records(s.index.shards[i].path, s.on_bad_sample, offsets[i]))
         rng = np.random.default_rng([s.seed, self.epoch, 13, worker])
         first, last = done[worker] * s.batch_size, counts[worker] * s.batch_size
+        lo, hi = s.rank_rows
         items: list[dict] = []
         for position, record in enumerate(_shuffled(records, s.shuffle_buffer, rng)):
             if position >= last:
                 break
             if position < first:
                 continue  # delivered before the interruption: not decoded
-            items.append(self._item(record))
-            if len(items) == s.batch_size:
+            row = position % s.batch_size
+            if lo <= row < hi:  # this process's share of the global batch
+                items.append(self._item(record))
+            if row == s.batch_size - 1:
                 yield collate(items)
                 items = []
 
@@ -786,12 +792,12 @@ class ShardEpoch(IterableDataset):
         return {"audio": audio, "caption": caption, "audio_id": record.number, "index": record.number}
 
 
-def stream_for(cfg) -> ShardStream | None:
+def stream_for(cfg, rank_rows: tuple[int, int] | None = None) -> ShardStream | None:
     """The training stream for ``cfg``, or None for the index-based path.
 
     ``data.stream`` None (the default) streams exactly when ``data.train`` is a webdataset
     spec; ``false`` reads such a spec as a manifest (extracted, index-based); ``true``
-    requires one.
+    requires one. ``rank_rows``: a torchrun process's rows of each global batch.
     """
     d = cfg.data
     spec = is_webdataset_spec(d.train)
@@ -806,5 +812,5 @@ def stream_for(cfg) -> ShardStream | None:
         logger.info("streaming draws one random caption per sample and epoch (data.pairs=%s does not apply)", d.pairs)
     return ShardStream(
         open_shards(d.train), cfg.audio.sample_rate, cfg.audio.clip_seconds, cfg.train.batch_size, cfg.train.seed,
-        d.num_workers, d.shuffle_buffer, d.on_bad_sample, cfg.audio.max_seconds,
+        d.num_workers, d.shuffle_buffer, d.on_bad_sample, cfg.audio.max_seconds, rank_rows,
     )

@@ -19,12 +19,16 @@ import torch
 import torch.nn.functional as F
 
 
-def drift_diagnostics(loss: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+def drift_diagnostics(loss: torch.Tensor, a: torch.Tensor, t: torch.Tensor, reduce=None) -> dict[str, float]:
     """Drift statistics of ``loss`` w.r.t. the text embeddings ``t`` [B, d] (``a`` [B, d] their audios).
 
     Differentiates the loss only (not the encoders): the graph is kept for the real backward.
+    ``reduce`` maps the gradient to the one to analyse (data-parallel training: the mean over
+    the processes, whose losses average to the batch loss).
     """
     (grad,) = torch.autograd.grad(loss, t, retain_graph=True)
+    if reduce is not None:
+        grad = reduce(grad)
     with torch.no_grad():
         g = -grad.double()
         u = F.normalize((a - t).double(), dim=-1)

@@ -53,6 +53,10 @@ class DualEncoder(nn.Module):
             self.text_encoder.eval()
         return self
 
+    def forward(self, wave: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both embeddings of a batch of pairs (the call DistributedDataParallel wraps)."""
+        return self.embed_audio(wave), self.embed_text(captions)
+
     def embed_audio(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_audio):
             feature = self.audio_encoder(wave)

@@ -35,22 +35,26 @@ class LearnableTemperature(nn.Module):
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
 
-def one_sided_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
+def one_sided_cross_entropy(
+    logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool, rows: slice = slice(None)
+) -> torch.Tensor:
     """−mean_{k,i} log softmax_j(logits[k, i, ·])_i over [..., B, B] matrices whose diagonals hold the positives.
 
     Other entries of the anchor's clip are masked out of the denominator, or, with
     ``multi_positive``, share the target uniformly with the diagonal. Leading dims (e.g. the
-    two SVR sides) are averaged.
+    two SVR sides) are averaged. With ``rows``, ``logits`` [..., b, B] hold only those anchors
+    (batch rows ``rows``, positives in columns ``rows``): the mean over them.
     """
     b = len(audio_ids)
-    same = same_audio(audio_ids)
+    same = same_audio(audio_ids)[rows]
     if multi_positive:
         targets = same.to(logits.dtype) / same.sum(1, keepdim=True)
         return -(targets * logits.log_softmax(-1)).sum(-1).mean()
-    eye = torch.eye(b, dtype=torch.bool, device=logits.device)
-    rows = logits.masked_fill(same & ~eye, float("-inf")).reshape(-1, b)
-    labels = torch.arange(b, device=logits.device).repeat(len(rows) // b)
-    return F.cross_entropy(rows, labels)
+    positive = torch.arange(b, device=logits.device)[rows]
+    eye = positive[:, None] == torch.arange(b, device=logits.device)
+    anchors = logits.masked_fill(same & ~eye, float("-inf")).reshape(-1, b)
+    labels = positive.repeat(len(anchors) // len(positive))
+    return F.cross_entropy(anchors, labels)
 
 
 def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi_positive: bool) -> torch.Tensor:
@@ -79,3 +83,11 @@ class InfoNCE(Objective):
         averaged over leading dims."""
         logits = self.temperature() * (at_least_fp32(anchors) @ at_least_fp32(others).transpose(-1, -2))
         return one_sided_cross_entropy(logits, audio_ids, self.multi_positive)
+
+    def local_loss(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor, rows: slice) -> ObjectiveOutput:
+        """The 2b anchors ``rows`` (audio rows against all captions, captions against all audio):
+        the mean of their cross-entropies (the loss is the mean over all 2B)."""
+        a, t = at_least_fp32(a), at_least_fp32(t)
+        scale = self.temperature()
+        logits = scale * torch.stack([a[rows] @ t.T, t[rows] @ a.T])  # [2, b, B]
+        return ObjectiveOutput(one_sided_cross_entropy(logits, audio_ids, self.multi_positive, rows), {"logit_scale": scale.detach()})

@@ -40,6 +40,15 @@ class Objective(nn.Module):
     def after_optimizer_step(self) -> None:
         """Hook the trainer calls after every optimiser step (e.g. a projection onto a constraint set)."""
 
+    def local_loss(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor, rows: slice) -> ObjectiveOutput | None:
+        """Optional, for data-parallel training: the loss of one process's anchors ``rows`` of the
+        gathered batch (``a``, ``t``, ``audio_ids`` are the whole batch) against all of it, as the
+        mean of their per-anchor terms, where the loss is the mean over all anchors; so the row
+        blocks' values, weighted by their shares of the batch, sum to ``forward``'s loss.
+        None (the default): no such split; every process then calls ``forward`` on the whole batch
+        (see ``clarion.train.distributed``)."""
+        return None
+
 
 _REGISTRY: dict[str, Callable[..., Objective]] = {}
 

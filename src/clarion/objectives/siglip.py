@@ -17,10 +17,13 @@ from torch import nn
 from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
 
 
-def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-    """−(1/B) Σ_ij log σ(z_ij · logits_ij) over [..., B, B], z from clip identity; leading dims averaged."""
-    z = same_audio(audio_ids).to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(z * logits).sum((-2, -1)).mean() / len(audio_ids)
+def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    """−(1/B) Σ_ij log σ(z_ij · logits_ij) over [..., B, B], z from clip identity; leading dims averaged.
+
+    With ``rows``, ``logits`` [..., b, B] hold only those rows: the mean of their row sums.
+    """
+    z = same_audio(audio_ids)[rows].to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(z * logits).sum((-2, -1)).mean() / logits.shape[-2]
 
 
 @register("siglip")
@@ -44,3 +47,10 @@ class SigLIP(Objective):
         column i), averaged over leading dims."""
         similarity = at_least_fp32(anchors) @ at_least_fp32(others).transpose(-1, -2)
         return sigmoid_pair_loss(self.t_param.exp() * similarity + self.bias, audio_ids)
+
+    def local_loss(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor, rows: slice) -> ObjectiveOutput:
+        """Audio rows ``rows`` against all captions: the mean of their row sums (the loss is the mean over all B rows)."""
+        scale = self.t_param.exp()
+        similarity = at_least_fp32(a)[rows] @ at_least_fp32(t).T  # [b, B]
+        loss = sigmoid_pair_loss(scale * similarity + self.bias, audio_ids, rows)
+        return ObjectiveOutput(loss, {"logit_scale": scale.detach(), "logit_bias": self.bias.detach()})

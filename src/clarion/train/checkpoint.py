@@ -94,13 +94,17 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainingState,
     keep: int = 2,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically, point ``latest`` at it, keep the newest ``keep``."""
+    """Write a checkpoint atomically, point ``latest`` at it, keep the newest ``keep``.
+
+    ``extra``: more ``rng.*`` tensors (the RNG states of the other processes of a torchrun job).
+    """
     root = run / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = _rng_state()
-    tensors = {**model_state, **cpu_tensors(opt_tensors), **rng_tensors}
+    tensors = {**model_state, **cpu_tensors(opt_tensors), **rng_tensors, **cpu_tensors(extra or {})}
     name = f"step_{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:

@@ -7,6 +7,11 @@ save. Resuming at step k of an epoch skips the first k batches of the same order
 killed anywhere and resumed ends where the uninterrupted run ends. Training on webdataset
 shards streams them instead (:class:`~clarion.data.shards.ShardStream`, same guarantee while
 the shards and settings are unchanged); :meth:`Trainer._epoch_loader` picks the path.
+
+Under ``torchrun`` each process trains on its share of every global batch (``train.batch_size``
+is the global batch) with DistributedDataParallel, and the objective sees the gathered global
+batch (:mod:`.distributed`). ``train.chunk_size`` embeds a batch in chunks with GradCache
+(:mod:`.gradcache`). In one process without ``chunk_size`` both are no-ops.
 """
 
 from __future__ import annotations
@@ -41,17 +46,10 @@ from ..objectives import Objective, diagnostics_as_floats
 from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
 from .collapse import CollapseMonitor
+from .distributed import Dist, resolve_device, setup  # noqa: F401  (resolve_device: re-exported)
+from .gradcache import GradCache
 
 log = logging.getLogger("clarion.train")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -134,11 +132,15 @@ class MetricsLog:
     """Appends JSON lines to ``RUN/metrics.jsonl``.
 
     ``keep_until_step=None`` starts an empty log; an int keeps the records up to that step
-    (a resumed run drops what the interrupted one logged after its checkpoint).
+    (a resumed run drops what the interrupted one logged after its checkpoint). ``path=None``
+    logs nothing (processes other than rank 0).
     """
 
-    def __init__(self, path: Path, keep_until_step: int | None):
+    def __init__(self, path: Path | None, keep_until_step: int | None):
         self.path = path
+        self._fh = None
+        if path is None:
+            return
         kept = []
         if keep_until_step is not None and path.exists():
             for line in path.read_text().splitlines():
@@ -151,11 +153,13 @@ class MetricsLog:
         self._fh = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        if self._fh is not None:
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
 
 @dataclass
@@ -170,12 +174,17 @@ class Trainer:
     cache: ClipCache | None
     corrupted_rows: torch.Tensor | None = None  # [rows] bool: captions shuffled by the noise protocol
     stream: ShardStream | None = None  # webdataset shards streamed instead of train_set's index-based batches
+    dist: Dist = Dist()  # this process's rank in a torchrun job (the single process by default)
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
         self.objective.to(self.device)
+        self.forward = self.dist.wrap(self.model)  # DistributedDataParallel under torchrun
+        self.dist.broadcast(self.objective)
+        self.dist.restore_rng({}, self.cfg.train.seed, 0)  # ranks > 0: their own dropout stream
         self.optimizer = build_optimizer(self.cfg, self.model, self.objective)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.objective_params = [p for p in self.objective.parameters() if p.requires_grad]
         self.steps_per_epoch = self.stream.num_batches(0) if self.stream else len(self._batches(0))
         total = self.cfg.train.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -206,7 +215,7 @@ class Trainer:
         c = self.cfg.train
         if self.stream is not None:
             return self.stream.loader(epoch, skip=self.state.step_in_epoch, pin_memory=self.device.type == "cuda")
-        batches = self._batches(epoch)[self.state.step_in_epoch :]
+        batches = [self.dist.shard(b) for b in self._batches(epoch)[self.state.step_in_epoch :]]
         self.dataset.set_epoch(epoch)
         loader = DataLoader(
             self.dataset,
@@ -230,46 +239,61 @@ class Trainer:
             return False
         path, tensors, meta = found
         self.state = restore_checkpoint(tensors, meta, self._load_model_state, self.optimizer, self.scheduler)
+        self.dist.restore_rng(tensors, self.cfg.train.seed, self.state.step)
         log.info("resumed from %s (epoch %d, step %d)", path, self.state.epoch, self.state.step)
         return True
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.run, model_state(self.model, self.objective), self.optimizer, self.scheduler, self.state)
+        ranks_rng = self.dist.rng_states()  # collective: every rank's dropout RNG
+        if self.dist.main:
+            state = model_state(self.model, self.objective)
+            save_checkpoint(self.run, state, self.optimizer, self.scheduler, self.state, extra=ranks_rng)
 
     def train_step(self, batch: dict) -> dict[str, float] | None:
-        """One optimiser step on ``batch``; None when the step was skipped (too few or non-finite)."""
+        """One optimiser step on ``batch`` (this process's share of the global batch); None when
+        the step was skipped (too few rows or a non-finite loss; all processes skip together)."""
         wave = batch["audio"].to(self.device, non_blocking=True)
-        if len(wave) < 2:
+        sizes = self.dist.sizes(len(wave))  # every process's rows: [len(wave)] in one process
+        if sum(sizes) < 2 or min(sizes) == 0:
             return None
         audio_ids = batch["audio_id"].to(self.device)
         self.model.train()
         self.objective.train()
-        with autocast_for(self.device, self.cfg.train.amp):
-            a = self.model.embed_audio(wave)
-            t = self.model.embed_text(batch["caption"])
+        c = self.cfg.train
+        cache = None
+        if c.chunk_size and len(wave) > c.chunk_size:
+            cache = GradCache(self.model, self.forward, c.chunk_size, self.device, lambda: autocast_for(self.device, c.amp))
+            a, t = cache.embed(wave, batch["caption"])
+        else:
+            with autocast_for(self.device, c.amp):
+                a, t = self.forward(wave, batch["caption"])
         a, t = a.float(), t.float()
-        out = self.objective(a, t, audio_ids)
-        if not torch.isfinite(out.loss):
-            log.warning("non-finite loss at step %d; step skipped (rows %s)", self.state.step, batch["index"].tolist())
+        a, t, audio_ids, index = self.dist.gather_batch(sizes, a, t, audio_ids, batch["index"])  # the global batch
+        out, loss = self.dist.objective_loss(self.objective, a, t, audio_ids, sizes)
+        if not torch.isfinite(loss):
+            log.warning("non-finite loss at step %d; step skipped (rows %s)", self.state.step, index.tolist())
             return None
         if out.plan is not None and self.corrupted_rows is not None:
-            out.diagnostics.update(plan_mass_by_pair_kind(out.plan, self.corrupted_rows[batch["index"]]))
+            out.diagnostics.update(plan_mass_by_pair_kind(out.plan, self.corrupted_rows[index]))
         drift = self.cfg.train.drift_every
         if drift and (self.state.step + 1) % drift == 0:
-            out.diagnostics.update(drift_diagnostics(out.loss, a, t))
+            out.diagnostics.update(drift_diagnostics(out.loss, a, t, self.dist.mean))
         every = self.cfg.train.collapse_every
         if every and (self.state.step + 1) % every == 0:
             stats = collapse_diagnostics(a, t)
             self.collapse.update(self.state.step + 1, stats)
             out.diagnostics.update(stats)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        out.loss.backward()  # under GradCache: to the embeddings and the objective only
+        if cache is not None:
+            cache.backward()  # ... then to the encoders, chunk by chunk
+        self.dist.average_gradients(self.objective_params)  # DDP averages the model's
         clip = self.cfg.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.objective.after_optimizer_step()
-        return diagnostics_as_floats({"loss": out.loss.detach(), "grad_norm": grad_norm, **out.diagnostics})
+        return diagnostics_as_floats({"loss": loss, "grad_norm": grad_norm, **out.diagnostics})
 
     def fit(self, metrics: MetricsLog) -> dict[str, Any]:
         c = self.cfg.train
@@ -277,7 +301,8 @@ class Trainer:
             self.state.epoch = epoch
             loader, n_batches = self._epoch_loader(epoch)
             started, wait = time.perf_counter(), 0.0
-            progress = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, mininterval=1)
+            progress = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False, mininterval=1,
+                            disable=not self.dist.main)
             fetch_start = time.perf_counter()
             for batch in progress:
                 fetched = time.perf_counter()
@@ -313,26 +338,29 @@ class Trainer:
         }
 
     def end_epoch(self, epoch: int, seconds: float, wait: float) -> dict[str, Any]:
-        """Validate, keep the best model (by mean R@1; the last one without validation), checkpoint."""
+        """Validate, keep the best model (by mean R@1; the last one without validation), checkpoint.
+        Under torchrun rank 0 validates and writes while the others wait."""
         record: dict[str, Any] = {
             "type": "epoch", "epoch": epoch, "step": self.state.step,
             "train_loss": self.state.epoch_loss_sum / max(1, self.state.epoch_loss_count),
             "time_s": seconds, "data_wait_share": wait / seconds if seconds else 0.0,
-            "skipped_samples": self.skipped_samples, "collapse_warning_step": self.collapse.warned_at_step,
+            "skipped_samples": self.dist.all_sum(self.skipped_samples), "collapse_warning_step": self.collapse.warned_at_step,
         }
-        score = float(epoch)
-        if self.val_set is not None:
-            val = evaluate_retrieval(self.model, self.val_set, self.cfg, self.device, self.cache)
-            score = mean_r1(val)
-            record.update({"val": val, "val_mean_R@1": score})
-        if score > self.state.best_score:
-            self.state.best_score, self.state.best_epoch = score, epoch
-            meta = {"clarion": __version__, "epoch": epoch, "step": self.state.step, "val": record.get("val")}
-            save_model(self.run, self.model, self.objective, meta)
-            record["best"] = True
+        if self.dist.main:
+            score = float(epoch)
+            if self.val_set is not None:
+                val = evaluate_retrieval(self.model, self.val_set, self.cfg, self.device, self.cache)
+                score = mean_r1(val)
+                record.update({"val": val, "val_mean_R@1": score})
+            if score > self.state.best_score:
+                self.state.best_score, self.state.best_epoch = score, epoch
+                meta = {"clarion": __version__, "epoch": epoch, "step": self.state.step, "val": record.get("val")}
+                save_model(self.run, self.model, self.objective, meta)
+                record["best"] = True
         self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
         self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
         self.checkpoint()
+        self.dist.barrier()
         return record
 
 
@@ -356,46 +384,64 @@ def prepare_run(cfg: Config, run: Path, resume: bool) -> Config:
 
 
 def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train a dual encoder with ``cfg`` into the run directory ``run``; returns a summary."""
+    """Train a dual encoder with ``cfg`` into the run directory ``run``; returns a summary.
+
+    Under ``torchrun`` every process calls this; rank 0 writes the run directory.
+    """
     run = Path(run)
     if not cfg.data.train:
         raise ValueError("no training manifest: pass --train CSV (or data.train=...)")
-    prepare_run(cfg, run, resume)
-    seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    dist = setup(cfg.train.device, cfg.train.batch_size)  # the single process unless under torchrun
+    try:
+        return _train(cfg, run, resume, dist)
+    finally:
+        dist.close()
 
-    stream = stream_for(cfg)  # webdataset shards are streamed (data.stream); anything else is a manifest
+
+def _train(cfg: Config, run: Path, resume: bool, dist: Dist) -> dict[str, Any]:
+    tokenizer_path = run / "tokenizer.json"
+    saved_tokenizer = resume and tokenizer_path.exists()  # decided before rank 0 writes one
+    if dist.main:
+        prepare_run(cfg, run, resume)
+    dist.barrier()
+    seed_everything(cfg.train.seed)
+    device = dist.device
+
+    # webdataset shards are streamed (data.stream); anything else is a manifest
+    stream = stream_for(cfg, dist.row_range(cfg.train.batch_size) if dist.enabled else None)
     train_set = None if stream else read_manifest(cfg.data.train, cfg.data.on_bad_sample)
     val_set = read_manifest(cfg.data.val, cfg.data.on_bad_sample) if cfg.data.val else None
     log.info("train: %s", stream.index.summary() if stream else train_set.summary())
     corrupted_rows = None
     if cfg.data.noise_ratio > 0:
         train_set, corrupted = corrupt_captions(train_set, cfg.data.noise_ratio, cfg.data.noise_seed)
-        write_corrupted_pairs(run / "noisy_pairs.csv", corrupted)
+        if dist.main:
+            write_corrupted_pairs(run / "noisy_pairs.csv", corrupted)
         corrupted_rows = torch.zeros(len(train_set), dtype=torch.bool)
         corrupted_rows[[pair.row for pair in corrupted]] = True
         log.info("noise: captions of %d training rows corrupted (listed in %s)", len(corrupted), run / "noisy_pairs.csv")
     if val_set is not None:
         log.info("val: %s", val_set.summary())
 
-    tokenizer_path = run / "tokenizer.json"
-    if resume and tokenizer_path.exists():
+    if saved_tokenizer:
         tokenizer = load_tokenizer(run)
-    else:
+    else:  # deterministic: every process builds the same one
         tokenizer = train_tokenizer(stream.captions() if stream else train_set.captions, cfg.model.vocab_size)
-        tokenizer.save(str(tokenizer_path))
+        if dist.main:
+            tokenizer.save(str(tokenizer_path))
     model = build_model(cfg, tokenizer)
     objective = build_run_objective(cfg)
     cache = ClipCache(cfg.data.cache_dir, cfg.audio.sample_rate, cfg.audio.max_seconds) if cfg.data.cache_dir else None
 
-    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows, stream)
+    trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows, stream, dist)
     resumed = resume and trainer.resume()
-    metrics = MetricsLog(run / "metrics.jsonl", trainer.state.step if resumed else None)
+    metrics = MetricsLog(run / "metrics.jsonl" if dist.main else None, trainer.state.step if resumed else None)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2f M parameters; %d steps/epoch on %s", n_params / 1e6, trainer.steps_per_epoch, device)
     try:
         summary = trainer.fit(metrics)
     finally:
         metrics.close()
-    summary.update({"run": str(run), "skipped_samples": trainer.skipped_samples, "bad_rows": len(train_set.bad) if train_set else 0})
+    skipped = dist.all_sum(trainer.skipped_samples)
+    summary.update({"run": str(run), "skipped_samples": skipped, "bad_rows": len(train_set.bad) if train_set else 0})
     return summary
