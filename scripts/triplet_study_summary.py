@@ -1,5 +1,6 @@
 """Summarise scripts/triplet_study.sh: mean ± std over seeds of T2A / A2T R@1 per strategy, with the
-collapse monitor's last-epoch statistics and the runs it warned about.
+collapse monitor's last-epoch statistics, the triplet diagnostics (share of active hinges, loss per
+anchor over 2m) and the runs the monitor warned about.
 
     python scripts/triplet_study_summary.py OUT_DIR
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 ORDER = ["infonce", "random", "full", "hard", "semihard", "easy_text", "hard_text", "easy_audio", "hard_audio",
          "semihard_band", "hardest", "sum"]
 STATS = ["collapse_audio_cos", "collapse_text_cos", "collapse_audio_rank", "collapse_text_rank"]
+TRIPLET = ["triplet_active_share", "triplet_loss_per_anchor"]  # share of hinges > 0; loss / 2m (1 = pinned)
 
 
 def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -26,9 +28,10 @@ def last_epoch_collapse(run: Path) -> tuple[dict[str, float], int | None]:
     """Mean collapse statistics over the last epoch's checks, and the step the monitor warned at."""
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     last = max(r["epoch"] for r in records)
-    checks = [r for r in records if r["type"] == "step" and r["epoch"] == last and STATS[0] in r]
+    steps = [r for r in records if r["type"] == "step" and r["epoch"] == last]
     warned = [r.get("collapse_warning_step") for r in records if r["type"] == "epoch"]
-    return {k: statistics.mean(r[k] for r in checks) for k in STATS} if checks else {}, warned[-1] if warned else None
+    means = {k: statistics.mean(values) for k in STATS + TRIPLET if (values := [r[k] for r in steps if k in r])}
+    return means, warned[-1] if warned else None
 
 
 def main(out: Path) -> None:
@@ -38,12 +41,13 @@ def main(out: Path) -> None:
         collapse, warned = last_epoch_collapse(path.parent)
         rows.setdefault(path.parent.name, []).append(
             {"t2a": metrics["t2a"]["R@1"], "a2t": metrics["a2t"]["R@1"], "warned": warned, **collapse})
-    print("| objective | seeds | T2A R@1 | A2T R@1 | audio cos | text cos | audio erank | text erank | collapse warnings |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| objective | seeds | T2A R@1 | A2T R@1 | audio cos | text cos | audio erank | text erank "
+          "| active hinges | loss / 2m | collapse warnings |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in sorted(rows, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         runs = rows[name]
         warned = [str(r["warned"]) for r in runs if r["warned"] is not None]
-        cells = [mean_std([r[k] for r in runs if k in r], 1.0, 2) for k in STATS]
+        cells = [mean_std([r[k] for r in runs if k in r], 1.0, 2) for k in STATS + TRIPLET]
         label = name if name == "infonce" else f"triplet {name}"
         print(f"| {label} | {len(runs)} | {mean_std([r['t2a'] for r in runs])} | {mean_std([r['a2t'] for r in runs])} | "
               f"{' | '.join(cells)} | {len(warned)}/{len(runs)}{' (steps ' + ', '.join(warned) + ')' if warned else ''} |")
