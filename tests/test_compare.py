@@ -13,7 +13,7 @@ import pytest
 
 from clarion.cli import main
 from clarion.compare import Grid, load_grid, run_grid, synthetic_preset, write_tables
-from clarion.compare.grid import Cell, ObjectiveSpec, _objectives
+from clarion.compare.grid import Cell, ObjectiveSpec, parse_objectives
 from clarion.compare.runner import CellResult
 from clarion.compare.stats import mean_std, paired_bootstrap
 from clarion.config import ConfigError, load_config
@@ -131,7 +131,7 @@ def test_compare_runs_a_grid_resumes_and_skips_finished_cells(tone_data, tmp_pat
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/seed0/model.safetensors")}
     (out / "runs/noise0/siglip/seed0/test.json").unlink()
     caplog.set_level(logging.INFO, logger="clarion.compare")
-    grid = Grid(data / "train.csv", None, data / "test.csv", _objectives(["infonce", "siglip"]), [0], [0.0, 0.25],
+    grid = Grid(data / "train.csv", None, data / "test.csv", parse_objectives(["infonce", "siglip"]), [0], [0.0, 0.25],
                 overrides=[*TINY, "train.epochs=1", "train.batch_size=16"])
     results = run_grid(grid, out)
     assert "4 cells: 3 finished, 1 to run" in caplog.text

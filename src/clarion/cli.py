@@ -159,12 +159,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.data, args.on_bad_sample)
     metrics = evaluate_retrieval(model, manifest, cfg, device, scoring=args.scoring, cost_fn=cost_fn, ot_eps=args.ot_eps)
     metrics["counts"]["bad_rows"] = len(manifest.bad)
-    text = json.dumps(metrics, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+    _write_json(metrics, args.json)
+    print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _write_json(metrics: dict, path: Path | None) -> None:
+    """Write ``metrics`` to ``path`` (the --json option), when given."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
@@ -200,9 +204,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.data, args.on_bad_sample)
     metrics = evaluate_zeroshot(model, manifest, cfg, device, prompts=prompts, labels=labels)
     metrics["counts"]["bad_rows"] = len(manifest.bad)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_json(metrics, args.json)
     if len(metrics["labels"]) > 20:  # a large confusion matrix goes to --json only
         metrics = {k: v for k, v in metrics.items() if k != "confusion"}
     print(json.dumps(metrics, indent=2))
@@ -239,7 +241,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     from .compare import load_grid, run_grid, synthetic_preset, write_tables
-    from .compare.grid import Grid, _objectives
+    from .compare.grid import Grid, parse_objectives
 
     files = [Path(x) for x in args.items if "=" not in x]
     if len(files) > 1:
@@ -256,7 +258,7 @@ def _compare(args: argparse.Namespace) -> int:
             raise ConfigError("--objectives needs --data DIR (with train.csv, val.csv, test.csv)")
         val = args.data / "val.csv"
         grid = Grid(args.data / "train.csv", val if val.is_file() else None, args.data / "test.csv",
-                    _objectives(args.objectives), args.seeds, args.noise, args.recipe)
+                    parse_objectives(args.objectives), args.seeds, args.noise, args.recipe)
     grid.overrides = [*grid.overrides, *args.overrides]
     results = run_grid(grid, args.out, args.jobs, args.device)
     paths = write_tables(results, args.out, args.resamples)

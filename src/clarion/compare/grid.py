@@ -100,7 +100,7 @@ class Grid:
         ]
 
 
-def _objectives(raw: Any) -> list[ObjectiveSpec]:
+def parse_objectives(raw: Any) -> list[ObjectiveSpec]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("grid: 'objectives' must be a non-empty list")
     specs = []
@@ -137,7 +137,7 @@ def load_grid(path: str | Path) -> Grid:
     resolve = lambda p: (base / p).resolve() if p is not None else None  # noqa: E731
     return Grid(
         train=resolve(data["train"]), val=resolve(data.get("val")), test=resolve(data["test"]),
-        objectives=_objectives(raw.get("objectives")),
+        objectives=parse_objectives(raw.get("objectives")),
         seeds=[int(s) for s in raw.get("seeds", [0])],
         noise=[float(p) for p in raw.get("noise", [0.0])],
         recipe=resolve(raw.get("recipe")),
@@ -156,7 +156,7 @@ def synthetic_preset(out: Path, quick: bool = False) -> Grid:
     objectives = copy.deepcopy(SYNTHETIC_OBJECTIVES)
     grid = Grid(
         train=data / "train.csv", val=data / "val.csv", test=data / "test.csv",
-        objectives=_objectives(objectives), seeds=[0, 1, 2], noise=[0.0, 0.4],
+        objectives=parse_objectives(objectives), seeds=[0, 1, 2], noise=[0.0, 0.4],
         overrides=[*DEMO_RECIPE, "train.epochs=4"], synth={"n_train": 2000, "n_val": 300, "n_test": 300, "seed": 0},
     )
     if quick:

@@ -23,9 +23,8 @@ import torch
 
 from ..config import load_config
 from ..data.manifest import read_manifest
-from ..evaluate.embed import embed_manifest
-from ..evaluate.geometry import embedding_geometry
-from ..evaluate.retrieval import a2t_relevant_ranks, retrieval_metrics, t2a_ranks
+from ..evaluate.embed import embed_manifest, retrieval_report
+from ..evaluate.retrieval import a2t_relevant_ranks, t2a_ranks
 from ..rundir import atomic_write_text, load_model
 from .grid import Cell, Grid
 
@@ -58,10 +57,8 @@ def evaluate_cell(run: Path, test: Path, device: torch.device) -> tuple[dict, np
     """Cosine retrieval metrics, geometry and per-query ranks of a trained run on ``test``."""
     cfg, model = load_model(run, device)
     data = embed_manifest(model, read_manifest(test, cfg.data.on_bad_sample), cfg, device)
+    metrics = retrieval_report(data)
     sim = data.text @ data.audio.T
-    metrics = retrieval_metrics(sim, data.caption_clip)
-    metrics["geometry"] = embedding_geometry(data.audio, data.text, data.caption_clip)
-    metrics["counts"] = {"captions": len(data.text), "clips": len(data.audio), "skipped_clips": data.skipped_clips}
     a2t, _ = a2t_relevant_ranks(sim, data.caption_clip)
     return metrics, t2a_ranks(sim, data.caption_clip).numpy(), a2t[:, 0].numpy()
 

@@ -134,7 +134,11 @@ def evaluate_retrieval(
     ``lang`` values, also ``"languages": {lang: {"t2a", "a2t"}}`` (each language's captions
     against the clips they describe) and ``"language_mean"``.
     """
-    data = embed_manifest(model, manifest, cfg, device, cache)
+    return retrieval_report(embed_manifest(model, manifest, cfg, device, cache), scoring, cost_fn, ot_eps)
+
+
+def retrieval_report(data: EmbeddedSet, scoring: str = "cosine", cost_fn: CostFn | None = None, ot_eps: float = 0.03) -> dict:
+    """The metrics of :func:`evaluate_retrieval` from an embedded set."""
     metrics = score_retrieval(data, scoring, cost_fn, ot_eps)
     metrics["geometry"] = embedding_geometry(data.audio, data.text, data.caption_clip)
     languages = sorted({lang for lang in data.langs if lang})
