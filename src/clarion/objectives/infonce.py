@@ -8,6 +8,9 @@ Off-diagonal entries of the same clip (``g(i) = g(j)``) are removed from both de
 (masked to −inf): another caption of the same audio is never a negative. With
 ``multi_positive=True`` they become soft targets instead: the target of row i is uniform
 over {j : g(j) = g(i)} (as WavCaps does).
+
+With ``tile=T`` the logits are made T×T blocks at a time (``clarion.objectives.tiled``): the
+same loss and gradients in O(B·d + T²) memory instead of O(B²).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
+from .tiled import tiled_softmax_cross_entropy, tiled_symmetric_cross_entropy
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -64,12 +68,20 @@ def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi
 
 @register("infonce")
 class InfoNCE(Objective):
-    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True, multi_positive: bool = False):
+    def __init__(
+        self, init_temperature: float = 0.07, learn_temperature: bool = True, multi_positive: bool = False,
+        tile: int | None = None,
+    ):
         super().__init__()
         self.temperature = LearnableTemperature(init_temperature, learn_temperature)
         self.multi_positive = multi_positive
+        self.tile = tile
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        if self.tile:
+            scale = self.temperature()
+            loss = tiled_symmetric_cross_entropy(at_least_fp32(a), at_least_fp32(t), scale, audio_ids, self.multi_positive, self.tile)
+            return ObjectiveOutput(loss, {"logit_scale": scale.detach()})
         return self.similarity_loss(at_least_fp32(a) @ at_least_fp32(t).T, audio_ids)
 
     def similarity_loss(self, similarity: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
@@ -78,16 +90,25 @@ class InfoNCE(Objective):
         loss = symmetric_cross_entropy(scale * similarity, audio_ids, self.multi_positive)
         return ObjectiveOutput(loss, {"logit_scale": scale.detach()})
 
-    def anchor_loss(self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-        """The one-directional term with ``anchors`` [..., B, d] (row i) against ``others`` [..., B, d],
-        averaged over leading dims."""
-        logits = self.temperature() * (at_least_fp32(anchors) @ at_least_fp32(others).transpose(-1, -2))
-        return one_sided_cross_entropy(logits, audio_ids, self.multi_positive)
+    def anchor_loss(
+        self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor, rows: slice = slice(None)
+    ) -> torch.Tensor:
+        """The one-directional term with ``anchors`` [..., b, d] (batch rows ``rows``, all by default)
+        against ``others`` [..., B, d], averaged over anchors and leading dims."""
+        anchors, others = at_least_fp32(anchors), at_least_fp32(others)
+        scale = self.temperature()
+        if not self.tile:
+            logits = scale * (anchors @ others.transpose(-1, -2))
+            return one_sided_cross_entropy(logits, audio_ids, self.multi_positive, rows)
+        positive = torch.arange(len(audio_ids), device=audio_ids.device)[rows]
+        terms = [
+            tiled_softmax_cross_entropy(x, y, scale, audio_ids[rows], audio_ids, positive, self.multi_positive, self.tile)
+            for x, y in zip(anchors.reshape(-1, *anchors.shape[-2:]), others.reshape(-1, *others.shape[-2:]))
+        ]
+        return torch.stack(terms).mean()
 
     def local_loss(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor, rows: slice) -> ObjectiveOutput:
         """The 2b anchors ``rows`` (audio rows against all captions, captions against all audio):
         the mean of their cross-entropies (the loss is the mean over all 2B)."""
-        a, t = at_least_fp32(a), at_least_fp32(t)
-        scale = self.temperature()
-        logits = scale * torch.stack([a[rows] @ t.T, t[rows] @ a.T])  # [2, b, B]
-        return ObjectiveOutput(one_sided_cross_entropy(logits, audio_ids, self.multi_positive, rows), {"logit_scale": scale.detach()})
+        loss = self.anchor_loss(torch.stack([a[rows], t[rows]]), torch.stack([t, a]), audio_ids, rows)
+        return ObjectiveOutput(loss, {"logit_scale": self.temperature().detach()})

@@ -4,6 +4,9 @@
 
 ``t' = exp(t_param)`` (init 10) and ``b`` (init −10) are learnable. Captions of the same clip
 are positives of each other (``z = +1``), never negatives.
+
+With ``tile=T`` the logits are made T×T blocks at a time (``clarion.objectives.tiled``): the
+same loss and gradients in O(B·d + T²) memory instead of O(B²).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
+from .tiled import tiled_sigmoid_pairs
 
 
 def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
@@ -28,29 +32,40 @@ def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor, rows: slice
 
 @register("siglip")
 class SigLIP(Objective):
-    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0):
+    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, tile: int | None = None):
         super().__init__()
         self.t_param = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+        self.tile = tile
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
+        if self.tile:
+            return ObjectiveOutput(self.anchor_loss(a, t, audio_ids), self.diagnostics())
         return self.similarity_loss(at_least_fp32(a) @ at_least_fp32(t).T, audio_ids)
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        return {"logit_scale": self.t_param.exp().detach(), "logit_bias": self.bias.detach()}
 
     def similarity_loss(self, similarity: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
         """The loss from the [B, B] cosine matrix ``a tᵀ`` (for wrappers that need it too)."""
-        scale = self.t_param.exp()
-        loss = sigmoid_pair_loss(scale * similarity + self.bias, audio_ids)
-        return ObjectiveOutput(loss, {"logit_scale": scale.detach(), "logit_bias": self.bias.detach()})
+        loss = sigmoid_pair_loss(self.t_param.exp() * similarity + self.bias, audio_ids)
+        return ObjectiveOutput(loss, self.diagnostics())
 
-    def anchor_loss(self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-        """The sigmoid loss with ``anchors`` [..., B, d] in place of one modality (row i pairs with
-        column i), averaged over leading dims."""
-        similarity = at_least_fp32(anchors) @ at_least_fp32(others).transpose(-1, -2)
-        return sigmoid_pair_loss(self.t_param.exp() * similarity + self.bias, audio_ids)
+    def anchor_loss(
+        self, anchors: torch.Tensor, others: torch.Tensor, audio_ids: torch.Tensor, rows: slice = slice(None)
+    ) -> torch.Tensor:
+        """The sigmoid loss with ``anchors`` [..., b, d] (batch rows ``rows``, all by default) in place of
+        one modality against ``others`` [..., B, d]: the mean of the anchors' row sums, averaged over leading dims."""
+        anchors, others = at_least_fp32(anchors), at_least_fp32(others)
+        scale = self.t_param.exp()
+        if not self.tile:
+            return sigmoid_pair_loss(scale * (anchors @ others.transpose(-1, -2)) + self.bias, audio_ids, rows)
+        terms = [
+            tiled_sigmoid_pairs(x, y, scale, self.bias, audio_ids[rows], audio_ids, self.tile)
+            for x, y in zip(anchors.reshape(-1, *anchors.shape[-2:]), others.reshape(-1, *others.shape[-2:]))
+        ]
+        return torch.stack(terms).mean()
 
     def local_loss(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor, rows: slice) -> ObjectiveOutput:
         """Audio rows ``rows`` against all captions: the mean of their row sums (the loss is the mean over all B rows)."""
-        scale = self.t_param.exp()
-        similarity = at_least_fp32(a)[rows] @ at_least_fp32(t).T  # [b, B]
-        loss = sigmoid_pair_loss(scale * similarity + self.bias, audio_ids, rows)
-        return ObjectiveOutput(loss, {"logit_scale": scale.detach(), "logit_bias": self.bias.detach()})
+        return ObjectiveOutput(self.anchor_loss(a[rows], t, audio_ids, rows), self.diagnostics())

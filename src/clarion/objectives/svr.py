@@ -16,6 +16,9 @@ negatives' sideways push that makes training drift) is scaled by ``1 − R/‖a�
 two sides **(choice)**. The radius is a learnable scalar per side (``radius="static"``, init 0.1)
 or predicted per sample (``"dynamic"``) by a 3-layer MLP from the anchor's detached cosine row
 (positive first, the other clips' entries sorted descending, padded with −1 to the batch width).
+
+With a tiled base (``tile=T``) the base and SVR terms run blockwise in O(B·d + T²) memory; the
+dynamic radius reads whole similarity rows (O(B²)), so tiling takes the static radius.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class SupportVectorRegularized(Objective):
             raise ValueError(f"sides must be 'uni' or 'bi', got {sides!r}")
         if radius not in ("static", "dynamic"):
             raise ValueError(f"radius must be 'static' or 'dynamic', got {radius!r}")
+        if radius == "dynamic" and getattr(base, "tile", None):
+            raise ValueError("the dynamic radius reads whole [B, B] similarity rows; with tile= use radius=static")
         if radius == "dynamic" and not batch_size:
             raise ValueError("the dynamic radius needs batch_size (the width of its similarity-row input)")
         self.base = base
@@ -121,8 +126,9 @@ class SupportVectorRegularized(Objective):
         self.text_radius = make()
         self.audio_radius = make() if sides == "bi" else None
 
-    def radii(self, similarity: torch.Tensor, audio_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Per-side radius [B]: text side first (rows of ``similarity.T``), then audio (rows of ``similarity``)."""
+    def radii(self, similarity: torch.Tensor | None, audio_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Per-side radius [B]: text side first (rows of ``similarity.T``), then audio (rows of ``similarity``;
+        the static radius does not read it)."""
         modules = [self.text_radius] + ([self.audio_radius] if self.audio_radius is not None else [])
         if self.radius_kind == "static":
             return [m(len(audio_ids)) for m in modules]
@@ -132,9 +138,11 @@ class SupportVectorRegularized(Objective):
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
         a, t = at_least_fp32(a), at_least_fp32(t)
-        similarity = a @ t.T
-        out = self.base.similarity_loss(similarity, audio_ids)
-        radius = self.radii(similarity, audio_ids)
+        if getattr(self.base, "tile", None):
+            out, radius = self.base(a, t, audio_ids), self.radii(None, audio_ids)
+        else:
+            similarity = a @ t.T
+            out, radius = self.base.similarity_loss(similarity, audio_ids), self.radii(similarity, audio_ids)
         anchors, others = [support_vectors(t, a, radius[0])], [a]
         if len(radius) == 2:
             anchors.append(support_vectors(a, t, radius[1]))
