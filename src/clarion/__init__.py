@@ -1,3 +1,14 @@
 """clarion: contrastive language-audio pretraining with InfoNCE, SigLIP, SVR, m-LTM and triplet objectives."""
 
 __version__ = "0.1.0"
+
+_API = ("load", "ClarionModel", "Classification")
+
+
+def __getattr__(name: str):
+    # `clarion.load` without importing torch at `import clarion` (the CLI stays quick to start)
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'clarion' has no attribute {name!r}")

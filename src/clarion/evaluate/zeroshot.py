@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +37,20 @@ def average_templates(text: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"text must be [templates, classes, d]; got {tuple(text.shape)}")
     text = torch.nn.functional.normalize(text.double(), dim=-1)
     return torch.nn.functional.normalize(text.mean(0), dim=-1)
+
+
+def class_embeddings(
+    embed_text: Callable[[list[str]], torch.Tensor], labels: Sequence[str], prompts: Sequence[str] = (DEFAULT_PROMPT,)
+) -> torch.Tensor:
+    """Class embeddings [C, d] (float64, unit norm) of ``labels``: every prompt template filled
+    with every label (:func:`fill_prompt`), embedded by ``embed_text`` (list of T·C captions →
+    [T·C, d]) and averaged over templates by :func:`average_templates`."""
+    prompts = check_prompts(prompts)
+    labels = [str(x) for x in labels]
+    if not labels:
+        raise ValueError("at least one label is needed")
+    text = embed_text([fill_prompt(t, label) for t in prompts for label in labels])
+    return average_templates(text.view(len(prompts), len(labels), -1))
 
 
 def zeroshot_metrics(
@@ -226,9 +240,9 @@ def evaluate_zeroshot(
     if bad:
         log.warning("%d clip(s) of %s could not be decoded and were left out of zero-shot evaluation",
                     len(bad), manifest.path)
-    captions = [fill_prompt(t, label) for t in prompts for label in labels]
-    text = embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp)
-    text = text.view(len(prompts), len(labels), -1)
+    text = class_embeddings(
+        lambda captions: embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp), labels, prompts
+    )
 
     sub_labels = [clip_labels[i] for i in keep]
     targets = torch.tensor([class_index[sub_labels[j]] for j in clip_index.tolist()], dtype=torch.long)
