@@ -8,6 +8,9 @@ typo in a recipe never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ class DataConfig:
     num_workers: int = 1
     noise_ratio: float = 0.0  # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
     noise_seed: int = 0  # fixed apart from train.seed, so runs with different seeds see the same corrupted pairs
+    validate: str = "off"  # run `clarion data check` on train/val before training: off | warn | fail (refuse to start)
     stream: bool | None = None  # stream webdataset shards (data/shards.py); None: when data.train is webdataset:DIR
     shuffle_buffer: int = 1000  # streaming: samples each worker holds for shuffling (0: shard order only)
 
@@ -93,6 +97,7 @@ class TrainConfig:
     collapse_min_rank: float = 2.0  # ... or its effective rank falls below this
     collapse_patience: int = 3  # consecutive collapsed checks (after warm-up) before the warning
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    max_nonfinite_steps: int = 20  # stop after this many consecutive steps skipped for a non-finite loss or gradient
     eval_batch_size: int = 128
 
 
@@ -108,7 +113,19 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the tree as YAML, atomically (a temp file renamed over ``path``): a process killed
+        mid-write leaves the previous file, never a torn one."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(yaml.safe_dump(self.to_dict(), sort_keys=False))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -164,8 +181,94 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _positive(x: Any) -> bool:
+    return x > 0
+
+
+def _non_negative(x: Any) -> bool:
+    return x >= 0
+
+
+def _optional(check: Any) -> Any:
+    return lambda x: x is None or check(x)
+
+
+# key -> (check, what a valid value is): values that fit the type but cannot work are errors too
+# (a config.yaml read from a run directory is as untrusted as any other input)
+_RANGES: dict[str, tuple[Any, str]] = {
+    "audio.sample_rate": (lambda x: 1000 <= x <= 768_000, "a rate in Hz between 1000 and 768000"),
+    "audio.clip_seconds": (lambda x: 0 < x <= 3600, "seconds in (0, 3600]"),
+    "audio.n_fft": (lambda x: 2 <= x <= 65536, "between 2 and 65536"),
+    "audio.hop_length": (_positive, "positive"),
+    "audio.n_mels": (_positive, "positive"),
+    "audio.f_min": (_non_negative, ">= 0"),
+    "audio.f_max": (_optional(_positive), "positive or null"),
+    "audio.max_seconds": (_optional(_positive), "positive seconds or null (no cap)"),
+    "data.on_bad_sample": (lambda x: x in ("skip", "fail"), "skip or fail"),
+    "data.pairs": (lambda x: x in ("all", "one_per_clip"), "all or one_per_clip"),
+    "data.num_workers": (lambda x: 0 <= x <= 1024, "between 0 and 1024"),
+    "data.noise_ratio": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "data.shuffle_buffer": (_non_negative, ">= 0"),
+    "data.validate": (lambda x: x in ("off", "warn", "fail"), "off, warn or fail"),
+    "model.panns_width": (_positive, "positive"),
+    "model.embed_dim": (lambda x: 1 <= x <= 65536, "between 1 and 65536"),
+    "model.audio_channels": (lambda x: len(x) > 0 and all(c > 0 for c in x), "a non-empty list of positive ints"),
+    "model.text_width": (_positive, "positive"),
+    "model.text_layers": (_positive, "positive"),
+    "model.text_heads": (_positive, "positive"),
+    "model.max_tokens": (_positive, "positive"),
+    "model.vocab_size": (_positive, "positive"),
+    "model.dropout": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "train.epochs": (_non_negative, ">= 0"),
+    "train.batch_size": (_positive, "positive"),
+    "train.chunk_size": (_optional(_positive), "positive or null"),
+    "train.lr": (_non_negative, ">= 0"),
+    "train.encoder_lr": (_optional(_non_negative), ">= 0 or null"),
+    "train.weight_decay": (_non_negative, ">= 0"),
+    "train.warmup_steps": (_non_negative, ">= 0"),
+    "train.grad_clip": (_non_negative, ">= 0 (0 disables)"),
+    "train.log_every": (_positive, "positive"),
+    "train.drift_every": (_non_negative, ">= 0 (0 disables)"),
+    "train.collapse_every": (_non_negative, ">= 0 (0 disables)"),
+    "train.collapse_patience": (_non_negative, ">= 0"),
+    "train.checkpoint_every_steps": (_non_negative, ">= 0 (0: end of epoch only)"),
+    "train.max_nonfinite_steps": (_positive, "positive"),
+    "train.eval_batch_size": (_positive, "positive"),
+}
+_MAX_NODES = 100_000  # YAML nodes in a config, counted with aliases expanded ("billion laughs" guard)
+
+
+def _check_values(cfg: Config) -> None:
+    """Raise :class:`ConfigError` naming the first key whose value is out of range or not finite."""
+    for key, (check, valid) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not finite; expected {valid}")
+        if not check(value):
+            raise ConfigError(f"{key}: {value!r} is out of range; expected {valid}")
+
+
+def _check_size(data: Any, source: object) -> None:
+    """Refuse YAML whose alias-expanded tree is absurdly large (it would take unbounded time and
+    memory to copy), without expanding it: the walk stops at :data:`_MAX_NODES`."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > _MAX_NODES:
+            raise ConfigError(f"{source}: more than {_MAX_NODES} values (aliases expanded); not a clarion config")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data, "")
+    """The tree from plain data; unknown keys, wrong types and out-of-range values raise :class:`ConfigError`."""
+    cfg = _build(Config, data, "")
+    _check_values(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -178,9 +281,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data = Config().to_dict()
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        _check_size(loaded, path)
         _merge(data, loaded, "")
         rate_given = isinstance(loaded, dict) and isinstance(loaded.get("audio"), dict) and "sample_rate" in loaded["audio"]
     else:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
@@ -70,10 +72,12 @@ def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def model_state(model: DualEncoder, objective: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Model weights and the objective's learnable state (prefix ``objective.``) in one flat dict."""
+def model_state(model: DualEncoder, objective: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Model weights and the objective's learnable state (prefix ``objective.``) in one flat dict.
+    ``objective``: the module, or its state dict (e.g. :func:`read_objective_state` of a run)."""
     state = dict(model.state_dict())
-    state.update({OBJECTIVE_PREFIX + k: v for k, v in objective.state_dict().items()})
+    objective_state = objective if isinstance(objective, dict) else objective.state_dict()
+    state.update({OBJECTIVE_PREFIX + k: v for k, v in objective_state.items()})
     return cpu_tensors(state)
 
 
@@ -101,14 +105,19 @@ def save_encoder_files(run: Path, model: DualEncoder) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(run: Path, model: DualEncoder, objective: torch.nn.Module, meta: dict[str, Any]) -> None:
+def save_model(
+    run: Path, model: DualEncoder, objective: torch.nn.Module | dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Write the encoders' files (:func:`save_encoder_files`), then ``model.safetensors`` and
     ``model.json`` (meta + checksum), each atomically."""
-    save_encoder_files(run, model)
     weights = run / "model.safetensors"
-    atomic_write(weights, lambda tmp: save_file(model_state(model, objective), str(tmp)))
-    meta = {**meta, "sha256": sha256(weights)}
-    atomic_write_text(run / "model.json", json.dumps(meta, indent=2))
+    try:
+        save_encoder_files(run, model)
+        atomic_write(weights, lambda tmp: save_file(model_state(model, objective), str(tmp)))
+        meta = {**meta, "sha256": sha256(weights)}
+        atomic_write_text(run / "model.json", json.dumps(meta, indent=2))
+    except (OSError, SafetensorError) as exc:
+        raise RunError(f"cannot write {weights}: {exc} (disk full or not writable?); the previous file is intact") from exc
 
 
 def load_run_config(run: Path) -> Config:
@@ -125,7 +134,10 @@ def load_tokenizer(run: Path) -> Tokenizer:
     path = run / "tokenizer.json"
     if not path.is_file():
         raise RunError(f"{run}: tokenizer.json is missing")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for any bad file
+        raise RunError(f"{path} is not a valid tokenizer file: {exc}") from exc
 
 
 def build_run_objective(cfg: Config) -> Objective:
@@ -146,10 +158,27 @@ def read_weights(run: Path) -> dict[str, torch.Tensor]:
         raise RunError(f"{run}: model.safetensors is missing (has training finished an epoch?)")
     meta_path = run / "model.json"
     if meta_path.is_file():
-        expected = json.loads(meta_path.read_text()).get("sha256")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise RunError(f"{meta_path} is not valid JSON: {exc}") from exc
+        expected = meta.get("sha256") if isinstance(meta, dict) else None
         if expected and expected != sha256(weights):
             raise RunError(f"{weights} does not match the checksum in model.json (corrupt or replaced file)")
-    return load_file(str(weights))
+    try:
+        return load_file(str(weights))
+    except SafetensorError as exc:
+        raise RunError(f"{weights} is not a safetensors file ({exc}); clarion never unpickles weights") from exc
+
+
+def read_objective_state(run: str | Path) -> dict[str, torch.Tensor]:
+    """The objective's tensors in ``RUN/model.safetensors`` (prefix stripped), read without
+    loading the model weights."""
+    weights = Path(run) / "model.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{run}: model.safetensors is missing (has training finished an epoch?)")
+    with safe_open(str(weights), framework="pt") as fh:
+        return {k[len(OBJECTIVE_PREFIX) :]: fh.get_tensor(k) for k in fh.keys() if k.startswith(OBJECTIVE_PREFIX)}
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DualEncoder]:

@@ -148,7 +148,7 @@ def load_grid(path: str | Path) -> Grid:
 def synthetic_preset(out: Path, quick: bool = False) -> Grid:
     """The synthetic benchmark's standard comparison; the data is generated under ``out/data``.
 
-    Full: nine objectives × seeds 0, 1, 2 × noise 0 and 0.4, four epochs of the demo recipe.
+    Full: nine objectives × seeds 0, 1, 2 × noise 0 and 0.4, three epochs of the demo recipe.
     Quick (a smoke run of the whole pipeline, minutes on 2 CPU cores): a small dataset, a narrow
     model, infonce vs m-LTM with partial OT, one seed, one epoch.
     """
@@ -157,7 +157,7 @@ def synthetic_preset(out: Path, quick: bool = False) -> Grid:
     grid = Grid(
         train=data / "train.csv", val=data / "val.csv", test=data / "test.csv",
         objectives=parse_objectives(objectives), seeds=[0, 1, 2], noise=[0.0, 0.4],
-        overrides=[*DEMO_RECIPE, "train.epochs=4"], synth={"n_train": 2000, "n_val": 300, "n_test": 300, "seed": 0},
+        overrides=[*DEMO_RECIPE, "train.epochs=3"], synth={"n_train": 2000, "n_val": 300, "n_test": 300, "seed": 0},
     )
     if quick:
         grid.objectives = [o for o in grid.objectives if o.label in ("infonce", "mltm_partial")]

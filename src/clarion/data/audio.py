@@ -2,6 +2,11 @@
 
 Decoding uses soundfile (wav/flac/ogg/aiff, ...) and resampling uses soxr; every
 failure to produce usable samples surfaces as :class:`AudioError`.
+
+Memory is bounded by what is decoded, never by what a header declares: samples are read in
+blocks of at most :data:`BLOCK_SAMPLES` and mixed down to mono block by block, up to the
+``max_seconds`` cap (``audio.max_seconds``, 600 s by default). Headers with more than
+:data:`MAX_CHANNELS` channels or a rate outside :data:`RATE_RANGE` are refused.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +25,9 @@ import soxr
 import torch
 
 _DECODE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
+BLOCK_SAMPLES = 1 << 22  # interleaved samples per read (16 MiB as float32)
+MAX_CHANNELS = 64
+RATE_RANGE = (100, 768_000)  # Hz
 
 
 class AudioError(Exception):
@@ -31,6 +40,20 @@ class AudioError(Exception):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a clip ("file not found", "not a regular file", ...), or None.
+    Never raises: a name too long or otherwise unusable for the OS is a reason like any other."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, ENOTDIR, ELOOP, EACCES, embedded NUL, lone surrogates
+        return f"unusable path ({e.strerror if isinstance(e, OSError) and e.strerror else e})"
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+        return "not a regular file"
+    return None
 
 
 def _sf_message(exc: BaseException) -> str:
@@ -58,8 +81,9 @@ def read_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | N
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
+    problem = file_problem(path)
+    if problem is not None:
+        raise AudioError(path, problem)
     return decode_audio(str(path), sample_rate, max_seconds, name=path)
 
 
@@ -76,20 +100,42 @@ def decode_audio(
     try:
         with sf.SoundFile(source) as f:
             file_rate = f.samplerate
-            frames = -1 if max_seconds is None else _n_frames(max_seconds, file_rate)
-            data = f.read(frames, dtype="float32", always_2d=True)
+            if not 1 <= f.channels <= MAX_CHANNELS:
+                raise AudioError(name, f"unsupported channel count {f.channels} (at most {MAX_CHANNELS})")
+            if not RATE_RANGE[0] <= file_rate <= RATE_RANGE[1]:
+                raise AudioError(name, f"implausible sample rate {file_rate} Hz (expected {RATE_RANGE[0]}-{RATE_RANGE[1]} Hz)")
+            wave = _read_mono(f, None if max_seconds is None else _n_frames(max_seconds, file_rate), name)
     except _DECODE_ERRORS as e:
         raise AudioError(name, f"cannot decode ({_sf_message(e)})") from e
-    if data.shape[0] == 0:
+    if wave.shape[0] == 0:
         raise AudioError(name, "empty audio (0 samples)")
-    if not np.isfinite(data).all():
-        raise AudioError(name, "non-finite samples (NaN/Inf)")
-    wave = data.mean(axis=1, dtype=np.float32)
     if file_rate != sample_rate:
         wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")
         if max_seconds is not None:
             wave = wave[: _n_frames(max_seconds, sample_rate)]
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _read_mono(f: sf.SoundFile, limit: int | None, name: str | os.PathLike | BinaryIO) -> np.ndarray:
+    """Up to ``limit`` frames of ``f`` (all with None) as mono float32, ``x[t] = mean_c x[t, c]``,
+    read block by block so that neither a long file nor a header declaring billions of frames
+    allocates more than the frames actually decoded. NaN/Inf samples raise :class:`AudioError`."""
+    block = max(1, BLOCK_SAMPLES // f.channels)
+    parts: list[np.ndarray] = []
+    total = 0
+    while limit is None or total < limit:
+        want = block if limit is None else min(block, limit - total)
+        data = f.read(want, dtype="float32", always_2d=True)
+        if data.shape[0] and not np.isfinite(data).all():
+            raise AudioError(name, "non-finite samples (NaN/Inf)")
+        if data.shape[0]:
+            parts.append(data.mean(axis=1, dtype=np.float32))
+            total += data.shape[0]
+        if data.shape[0] < want:
+            break
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -131,10 +177,10 @@ class ClipCache:
     def entry(self, path: str | os.PathLike) -> Path:
         """Where the decoded clip of ``path`` (as it is now on disk) is stored."""
         path = os.path.abspath(path)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise AudioError(path, "file not found") from None
+        problem = file_problem(path)
+        if problem is not None:
+            raise AudioError(path, problem)
+        st = os.stat(path)
         key = repr((path, st.st_size, st.st_mtime_ns, self.sample_rate, self.max_seconds))
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
         return self.root / digest[:2] / f"{digest}.npy"

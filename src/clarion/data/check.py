@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import _DECODE_ERRORS, _sf_message
+from .audio import _DECODE_ERRORS, _sf_message, file_problem
 from .datasets import DatasetSpec, dataset_splits, load_split, parse_spec
-from .manifest import Entry, ManifestError, read_entries
+from .manifest import Entry, ManifestError, csv_safe, read_entries
 
 logger = logging.getLogger("clarion.data")
 
@@ -107,8 +107,9 @@ def inspect_clip(
 ) -> ClipInfo:
     """Check one file: its header, then (with ``decode``) every sample, in blocks, through one open handle."""
     info = ClipInfo(path)
-    if not path.is_file():
-        info.problems.append(("missing_file", "file not found"))
+    problem = file_problem(path)
+    if problem is not None:
+        info.problems.append(("missing_file", problem))
         return info
     try:
         f = sf.SoundFile(str(path))
@@ -299,14 +300,15 @@ class _Serial:
 
 
 def write_problems(path: str | os.PathLike, result: CheckResult) -> Path:
-    """Write every problem as CSV: ``split,file,source,line,kind,detail``."""
+    """Write every problem as CSV: ``split,file,source,line,kind,detail``, for people: a text cell
+    that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR) is prefixed with ``'``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "file", "source", "line", "kind", "detail"])
         for p in result.problems:
-            writer.writerow([p.split, p.file, str(p.source), p.line, p.kind, p.detail])
+            writer.writerow([csv_safe(p.split), csv_safe(p.file), csv_safe(str(p.source)), p.line, p.kind, csv_safe(p.detail)])
     return path
 
 
@@ -345,3 +347,34 @@ def format_report(result: CheckResult) -> str:
     else:
         lines.append("no problems found")
     return "\n".join(lines)
+
+
+class DataCheckError(ManifestError):
+    """Training data with problems, refused by ``clarion train --validate-data`` (``data.validate=fail``)."""
+
+
+def validate_training_data(cfg) -> list[CheckResult]:
+    """Check ``cfg.data.train`` and ``cfg.data.val`` as ``clarion data check --strict`` would, with
+    ``audio.max_seconds`` as the length limit. ``data.validate="fail"`` raises :class:`DataCheckError`
+    listing the problems; ``"warn"`` logs the report and returns."""
+    results = []
+    for role, target in (("train", cfg.data.train), ("val", cfg.data.val)):
+        if not target:
+            continue
+        result = check_data(target, max_seconds=cfg.audio.max_seconds)
+        results.append(result)
+        logger.info("data check of %s (%s):\n%s", role, target, format_report(result))
+        failing = result.failing
+        if not failing:
+            continue
+        shown = "\n".join(f"  {p.source}:{p.line}: {p.kind}: {p.detail} ({p.file})" for p in failing[:5])
+        more = f"\n  ... {len(failing) - 5} more" if len(failing) > 5 else ""
+        summary = f"data check found {len(failing)} problem(s) in the {role} data {target}: " \
+                  f"{_count_text(Counter(p.kind for p in failing))}\n{shown}{more}"
+        if cfg.data.validate == "fail":
+            raise DataCheckError(
+                f"{summary}\nrefusing to train: fix or remove these rows (full list: clarion data check {target} "
+                "--csv problems.csv), or pass --validate-data-warn to train anyway"
+            )
+        logger.warning("%s\ntraining anyway (--validate-data-warn)", summary)
+    return results

@@ -59,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .audio import file_problem
 from .manifest import BadRow, Entry, Manifest, ManifestError, build_manifest, read_csv_text, read_text
 
 logger = logging.getLogger("clarion.data")
@@ -464,6 +465,10 @@ def _wavcaps_data(path: Path) -> list:
         raise ManifestError(f"{path}: cannot decode as UTF-8 ({e})") from e
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    except RecursionError:
+        raise ManifestError(f"{path}: invalid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e})") from e
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list):
         found = ", ".join(map(str, document)) if isinstance(document, dict) else type(document).__name__
@@ -490,7 +495,7 @@ def _wavcaps_load(root: Path, split: str | None) -> SplitData:
             ident = "" if item.get("id") is None else str(item["id"]).strip()
             value = "" if item.get("audio") is None else str(item["audio"]).strip()
             audio = None
-            if value and (base / value).is_file():
+            if value and file_problem(base / value) is None:
                 audio = Path(os.path.abspath(base / value))
             elif ident:
                 if listings is None:

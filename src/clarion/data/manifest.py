@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import _DECODE_ERRORS, _sf_message
+from .audio import _DECODE_ERRORS, _sf_message, file_problem
 
 logger = logging.getLogger("clarion.data")
 
@@ -234,6 +234,10 @@ def build_manifest(
             reason = "missing audio path"
         elif not entry.caption:
             reason = "empty caption"
+        elif not _is_unicode(entry.caption):
+            reason = "caption is not valid Unicode (lone surrogate)"
+        elif not _is_unicode(entry.audio):
+            reason = "audio path is not valid Unicode (lone surrogate)"
         elif audio is None:
             reason = "missing file"
         else:
@@ -280,6 +284,16 @@ def write_manifest(path: str | os.PathLike, rows: list[dict]) -> None:
             for row in rows:
                 record = {c: None if row.get(c) is None else str(row[c]) for c in columns}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: str) -> str:
+    """``value`` for a CSV cell meant for people: text a spreadsheet would evaluate as a formula
+    (starting with ``=``, ``+``, ``-``, ``@``, tab or CR; "CSV injection") gets a leading ``'``.
+    Manifests themselves are written verbatim (:func:`write_manifest`): they are data."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def _kind(path: Path) -> str:
@@ -338,11 +352,22 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
             record = json.loads(raw)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{path}:{line}: invalid JSON ({e.msg} at column {e.colno})") from e
+        except RecursionError:
+            raise ManifestError(f"{path}:{line}: invalid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise ManifestError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
         columns.update(dict.fromkeys(record))
         records.append((line, record))
     return list(columns), records
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON's ``"\\ud800"`` decodes to a lone surrogate, which does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(value: object) -> str:
@@ -351,8 +376,11 @@ def _text(value: object) -> str:
 
 def _check_file(audio: Path, check_audio: bool) -> str | None:
     """Why the file cannot be used, or None."""
-    if not audio.is_file():
+    problem = file_problem(audio)
+    if problem == "file not found":
         return "missing file"
+    if problem is not None:
+        return problem
     if not check_audio:
         return None
     try:

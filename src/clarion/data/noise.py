@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..rundir import atomic_write_text
-from .manifest import Manifest
+from .manifest import Manifest, csv_safe
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,16 @@ def corrupt_captions(manifest: Manifest, ratio: float, seed: int) -> tuple[Manif
     return Manifest(manifest.path, rows, list(manifest.bad)), corrupted
 
 
+def _cell(value: object) -> object:
+    return csv_safe(value) if isinstance(value, str) else value
+
+
 def write_corrupted_pairs(path: Path, pairs: list[CorruptedPair]) -> None:
-    """CSV with one line per corrupted pair (columns: the :class:`CorruptedPair` fields)."""
+    """CSV with one line per corrupted pair (columns: the :class:`CorruptedPair` fields), for people:
+    text cells are passed through :func:`~clarion.data.manifest.csv_safe` (no spreadsheet formulas)."""
     names = [f.name for f in dataclasses.fields(CorruptedPair)]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(names)
-    writer.writerows([getattr(pair, name) for name in names] for pair in pairs)
+    writer.writerows([_cell(getattr(pair, name)) for name in names] for pair in pairs)
     atomic_write_text(path, text.getvalue())

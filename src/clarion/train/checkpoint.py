@@ -6,15 +6,19 @@ A checkpoint is a folder ``RUN/checkpoints/step_XXXXXXXX/`` holding
 - ``state.json``: everything else (optimiser hyper-parameters, scheduler, epoch/step,
   best score, numpy/python RNG) and the sha256 of ``state.safetensors``.
 
-It is written under a temporary name and renamed into place, then ``RUN/checkpoints/latest``
-is atomically pointed at it; a half-written or corrupted checkpoint is never loaded
-(the checksum is verified, and loading falls back to the newest intact one).
+It is written under a temporary name (``.step_XXXXXXXX.*``), its files fsynced, and renamed
+into place, then ``RUN/checkpoints/latest`` is atomically pointed at it; a half-written or
+corrupted checkpoint is never loaded (the checksum is verified, and loading falls back to the
+newest intact one with a warning). Temporary folders left by a killed process are removed by
+the next save. A failed write (disk full, read-only folder) raises :class:`CheckpointWriteError`
+and leaves the previous checkpoints as they were.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -24,11 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..rundir import atomic_write_text, cpu_tensors, sha256
+from ..rundir import RunError, atomic_write_text, cpu_tensors, sha256
 
 log = logging.getLogger("clarion.train")
+
+
+class CheckpointWriteError(RunError):
+    """A checkpoint that could not be written (disk full, unwritable folder); earlier ones are intact."""
 
 
 @dataclass
@@ -40,6 +49,8 @@ class TrainingState:
     best_epoch: int
     epoch_loss_sum: float = 0.0  # running sums of the epoch in progress, so a
     epoch_loss_count: int = 0  # mid-epoch resume reports the same epoch train loss
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
+    nonfinite_streak: int = 0  # ... and in a row, up to now (train.max_nonfinite_steps stops the run)
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -101,40 +112,77 @@ def save_checkpoint(
     ``extra``: more ``rng.*`` tensors (the RNG states of the other processes of a torchrun job).
     """
     root = run / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = _rng_state()
     tensors = {**model_state, **cpu_tensors(opt_tensors), **rng_tensors, **cpu_tensors(extra or {})}
     name = f"step_{state.step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    final = root / name
     try:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        meta = {
-            "training": state.__dict__,
-            "optimizer": opt_meta,
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_meta,
-            "sha256": sha256(tmp / "state.safetensors"),
-        }
-        (tmp / "state.json").write_text(json.dumps(meta))
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(root / "latest", name + "\n")
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(root)  # temporary folders left by a process killed while writing
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            meta = {
+                "training": state.__dict__,
+                "optimizer": opt_meta,
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_meta,
+                "sha256": sha256(tmp / "state.safetensors"),
+            }
+            (tmp / "state.json").write_text(json.dumps(meta))
+            for part in ("state.safetensors", "state.json"):
+                _fsync(tmp / part)
+            _fsync(tmp)
+            if final.exists():  # the same step again (end of epoch after a step checkpoint): swap
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
+                os.replace(final, old / name)
+            tmp.rename(final)
+            _fsync(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(root / "latest", name + "\n")
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final}: {exc} (disk full or not writable?); "
+            "the earlier checkpoints are intact: free space and resume with --resume"
+        ) from exc
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    _remove_stale(root)
     return final
 
 
+def _remove_stale(root: Path) -> None:
+    for stale in [*root.glob(".step_*"), *root.glob(".latest.*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a crash after the rename finds its data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    meta = json.loads((path / "state.json").read_text())
+    """A checkpoint's tensors and metadata, or ValueError/OSError/KeyError/TypeError when it is unusable."""
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or not isinstance(meta.get("training"), dict):
+        raise ValueError("state.json is not a clarion checkpoint")
     if sha256(path / "state.safetensors") != meta["sha256"]:
-        raise ValueError("checksum mismatch")
-    return load_file(str(path / "state.safetensors")), meta
+        raise ValueError("checksum mismatch (truncated or corrupted state.safetensors)")
+    try:
+        tensors = load_file(str(path / "state.safetensors"))
+    except SafetensorError as exc:  # a file whose checksum was forged along with it
+        raise ValueError(f"not a safetensors file ({exc})") from exc
+    return tensors, meta
 
 
 def find_checkpoint(run: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -150,7 +198,7 @@ def find_checkpoint(run: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str,
     for path in candidates:
         try:
             tensors, meta = _read_checkpoint(path)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError, JSONDecodeError: ValueError
             log.warning("skipping unusable checkpoint %s: %s", path, exc)
             continue
         return path, tensors, meta

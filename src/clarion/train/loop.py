@@ -12,6 +12,11 @@ Under ``torchrun`` each process trains on its share of every global batch (``tra
 is the global batch) with DistributedDataParallel, and the objective sees the gathered global
 batch (:mod:`.distributed`). ``train.chunk_size`` embeds a batch in chunks with GradCache
 (:mod:`.gradcache`). In one process without ``chunk_size`` both are no-ops.
+
+Numerical safety: a step whose loss or gradient norm is not finite changes nothing (no optimiser
+or scheduler step; BatchNorm statistics and other buffers are restored); it is counted
+(``nonfinite_steps`` in the epoch records) and logged with the manifest rows of its batch, and
+``train.max_nonfinite_steps`` such steps in a row stop the run with :class:`TrainingDiverged`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config
 from ..data.audio import ClipCache
+from ..data.check import validate_training_data
 from ..data.dataset import AudioTextDataset, collate
 from ..data.manifest import Manifest, read_manifest
 from ..data.noise import corrupt_captions, write_corrupted_pairs
@@ -43,13 +50,21 @@ from ..evaluate.geometry import collapse_diagnostics, drift_diagnostics, plan_ma
 from ..evaluate.retrieval import mean_r1
 from ..models import DualEncoder, build_model, train_tokenizer
 from ..objectives import Objective, diagnostics_as_floats
-from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
+from ..rundir import (
+    OBJECTIVE_PREFIX, RunError, atomic_write, atomic_write_text, build_run_objective, load_run_config, load_tokenizer,
+    model_state, save_model,
+)
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
 from .collapse import CollapseMonitor
 from .distributed import Dist, resolve_device, setup  # noqa: F401  (resolve_device: re-exported)
 from .gradcache import GradCache
 
 log = logging.getLogger("clarion.train")
+_SHOWN_ROWS = 8  # rows of a skipped batch named in the log
+
+
+class TrainingDiverged(RuntimeError):
+    """``train.max_nonfinite_steps`` consecutive steps had a non-finite loss or gradient."""
 
 
 def seed_everything(seed: int) -> None:
@@ -131,31 +146,41 @@ def build_optimizer(cfg: Config, model: DualEncoder, objective: Objective) -> to
 class MetricsLog:
     """Appends JSON lines to ``RUN/metrics.jsonl``.
 
-    ``keep_until_step=None`` starts an empty log; an int keeps the records up to that step
-    (a resumed run drops what the interrupted one logged after its checkpoint). ``path=None``
-    logs nothing (processes other than rank 0).
+    ``resumed=None`` starts an empty log; a :class:`TrainingState` (the checkpoint a run resumes
+    from) keeps what that state had logged: step records up to its step and the records of the
+    epochs it had finished, so a resumed run drops what the interrupted one logged after its
+    checkpoint and the replay logs it again, once. The kept lines are rewritten atomically.
+    ``path=None`` logs nothing (processes other than rank 0).
     """
 
-    def __init__(self, path: Path | None, keep_until_step: int | None):
+    def __init__(self, path: Path | None, resumed: TrainingState | None):
         self.path = path
         self._fh = None
         if path is None:
             return
         kept = []
-        if keep_until_step is not None and path.exists():
-            for line in path.read_text().splitlines():
+        if resumed is not None and path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
-                    if json.loads(line)["step"] <= keep_until_step:
-                        kept.append(line)
+                    record = json.loads(line)
+                    done = record["epoch"] < resumed.epoch if record["type"] == "epoch" else record["step"] <= resumed.step
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by the interruption
-        path.write_text("".join(ln + "\n" for ln in kept))
-        self._fh = open(path, "a", encoding="utf-8")
+                if done:
+                    kept.append(line)
+        try:
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+            self._fh = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise RunError(f"cannot write {path}: {exc}") from exc
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps(record) + "\n")
-            self._fh.flush()
+            try:
+                self._fh.write(json.dumps(record) + "\n")
+                self._fh.flush()
+            except OSError as exc:
+                raise RunError(f"cannot write {self.path}: {exc} (disk full?)") from exc
 
     def close(self) -> None:
         if self._fh is not None:
@@ -260,6 +285,8 @@ class Trainer:
         self.model.train()
         self.objective.train()
         c = self.cfg.train
+        buffers = [b for m in (self.model, self.objective) for b in m.buffers()]
+        saved = [b.detach().clone() for b in buffers]  # BatchNorm statistics: restored if the step is skipped
         cache = None
         if c.chunk_size and len(wave) > c.chunk_size:
             cache = GradCache(self.model, self.forward, c.chunk_size, self.device, lambda: autocast_for(self.device, c.amp))
@@ -271,8 +298,7 @@ class Trainer:
         a, t, audio_ids, index = self.dist.gather_batch(sizes, a, t, audio_ids, batch["index"])  # the global batch
         out, loss = self.dist.objective_loss(self.objective, a, t, audio_ids, sizes)
         if not torch.isfinite(loss):
-            log.warning("non-finite loss at step %d; step skipped (rows %s)", self.state.step, index.tolist())
-            return None
+            return self._skip_nonfinite("loss", float(loss), index, buffers, saved)
         if out.plan is not None and self.corrupted_rows is not None:
             out.diagnostics.update(plan_mass_by_pair_kind(out.plan, self.corrupted_rows[index]))
         drift = self.cfg.train.drift_every
@@ -290,10 +316,45 @@ class Trainer:
         self.dist.average_gradients(self.objective_params)  # DDP averages the model's
         clip = self.cfg.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):  # the same on every process: gradients are averaged first
+            return self._skip_nonfinite("gradient norm", float(grad_norm), index, buffers, saved)
+        self.state.nonfinite_streak = 0
         self.optimizer.step()
         self.scheduler.step()
         self.objective.after_optimizer_step()
         return diagnostics_as_floats({"loss": loss, "grad_norm": grad_norm, **out.diagnostics})
+
+    def _skip_nonfinite(self, what: str, value: float, index: torch.Tensor, buffers: list, saved: list) -> None:
+        """Undo a step whose ``what`` is ``value`` (NaN/Inf): drop its gradients, restore the
+        buffers its forward pass updated, count and log it; raise :class:`TrainingDiverged` after
+        ``train.max_nonfinite_steps`` in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
+        st = self.state
+        st.nonfinite_steps += 1
+        st.nonfinite_streak += 1
+        rows = self.describe_rows(index.tolist())
+        log.warning("non-finite %s (%s) after step %d (epoch %d, batch %d); step skipped (%d in a row, %d in all); rows: %s",
+                    what, value, st.step, st.epoch + 1, st.step_in_epoch + 1, st.nonfinite_streak, st.nonfinite_steps, rows)
+        limit = self.cfg.train.max_nonfinite_steps
+        if st.nonfinite_streak >= limit:
+            raise TrainingDiverged(
+                f"training stopped: {st.nonfinite_streak} consecutive steps had a non-finite loss or gradient "
+                f"(train.max_nonfinite_steps={limit}; last: {what} {value} after step {st.step}, epoch {st.epoch + 1}, "
+                f"rows {rows}). The weights are those of the last finite step; checkpoints in {self.run / 'checkpoints'} "
+                "are intact. Lower train.lr, check the data (clarion data check), or raise train.max_nonfinite_steps."
+            )
+        return None
+
+    def describe_rows(self, rows: list[int]) -> str:
+        """``MANIFEST: line L (AUDIO), ...`` for the first rows of a batch (sample numbers when streaming)."""
+        more = f", ... ({len(rows) - _SHOWN_ROWS} more)" if len(rows) > _SHOWN_ROWS else ""
+        if self.train_set is None:
+            return f"samples {rows[:_SHOWN_ROWS]}{more}"
+        shown = [self.train_set.rows[i] for i in rows[:_SHOWN_ROWS]]
+        return f"{self.train_set.path}: " + ", ".join(f"line {r.line} ({r.audio})" for r in shown) + more
 
     def fit(self, metrics: MetricsLog) -> dict[str, Any]:
         c = self.cfg.train
@@ -327,24 +388,27 @@ class Trainer:
                     self.checkpoint()
                 fetch_start = time.perf_counter()
             record = self.end_epoch(epoch, time.perf_counter() - started, wait)
-            metrics.write(record)
+            metrics.write(record)  # before the checkpoint that marks the epoch done: never lost to a kill
+            self.checkpoint()
+            self.dist.barrier()
             log.info(
                 "epoch %d/%d: train loss %.4f, val mean R@1 %s (%.1f s)", epoch + 1, c.epochs,
                 record["train_loss"], record.get("val_mean_R@1"), record["time_s"],
             )
         return {
             "best_epoch": self.state.best_epoch, "best_val_mean_R@1": self.state.best_score, "step": self.state.step,
-            "collapse_warning_step": self.collapse.warned_at_step,
+            "collapse_warning_step": self.collapse.warned_at_step, "nonfinite_steps": self.state.nonfinite_steps,
         }
 
     def end_epoch(self, epoch: int, seconds: float, wait: float) -> dict[str, Any]:
-        """Validate, keep the best model (by mean R@1; the last one without validation), checkpoint.
-        Under torchrun rank 0 validates and writes while the others wait."""
+        """Validate, keep the best model (by mean R@1; the last one without validation); the caller
+        logs the record, then checkpoints. Under torchrun rank 0 validates and writes while the others wait."""
         record: dict[str, Any] = {
             "type": "epoch", "epoch": epoch, "step": self.state.step,
             "train_loss": self.state.epoch_loss_sum / max(1, self.state.epoch_loss_count),
             "time_s": seconds, "data_wait_share": wait / seconds if seconds else 0.0,
-            "skipped_samples": self.dist.all_sum(self.skipped_samples), "collapse_warning_step": self.collapse.warned_at_step,
+            "skipped_samples": self.dist.all_sum(self.skipped_samples), "nonfinite_steps": self.state.nonfinite_steps,
+            "collapse_warning_step": self.collapse.warned_at_step,
         }
         if self.dist.main:
             score = float(epoch)
@@ -359,8 +423,6 @@ class Trainer:
                 record["best"] = True
         self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
         self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
-        self.checkpoint()
-        self.dist.barrier()
         return record
 
 
@@ -383,6 +445,19 @@ def prepare_run(cfg: Config, run: Path, resume: bool) -> Config:
     return cfg
 
 
+def check_free_space(run: Path, model: DualEncoder, objective: Objective) -> None:
+    """Refuse to start when ``run``'s file system cannot hold one checkpoint and the model
+    (weights + two AdamW moments + the best weights, 4 bytes each), rather than fail at the first write."""
+    n = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in objective.parameters())
+    needed = 4 * n * 4
+    free = shutil.disk_usage(run).free
+    if free < needed:
+        raise RunError(
+            f"not enough disk space in {run}: {free / 1e6:.1f} MB free, a checkpoint and the model need about "
+            f"{needed / 1e6:.1f} MB; free some space or choose another --out"
+        )
+
+
 def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train a dual encoder with ``cfg`` into the run directory ``run``; returns a summary.
 
@@ -391,6 +466,8 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     run = Path(run)
     if not cfg.data.train:
         raise ValueError("no training manifest: pass --train CSV (or data.train=...)")
+    if cfg.data.validate != "off":  # before anything is written: a refused run leaves no run directory
+        validate_training_data(cfg)
     dist = setup(cfg.train.device, cfg.train.batch_size)  # the single process unless under torchrun
     try:
         return _train(cfg, run, resume, dist)
@@ -428,14 +505,16 @@ def _train(cfg: Config, run: Path, resume: bool, dist: Dist) -> dict[str, Any]:
     else:  # deterministic: every process builds the same one
         tokenizer = train_tokenizer(stream.captions() if stream else train_set.captions, cfg.model.vocab_size)
         if dist.main:
-            tokenizer.save(str(tokenizer_path))
+            atomic_write(tokenizer_path, lambda tmp: tokenizer.save(str(tmp)))
     model = build_model(cfg, tokenizer)
     objective = build_run_objective(cfg)
+    if dist.main:
+        check_free_space(run, model, objective)
     cache = ClipCache(cfg.data.cache_dir, cfg.audio.sample_rate, cfg.audio.max_seconds) if cfg.data.cache_dir else None
 
     trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows, stream, dist)
     resumed = resume and trainer.resume()
-    metrics = MetricsLog(run / "metrics.jsonl" if dist.main else None, trainer.state.step if resumed else None)
+    metrics = MetricsLog(run / "metrics.jsonl" if dist.main else None, trainer.state if resumed else None)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2f M parameters; %d steps/epoch on %s", n_params / 1e6, trainer.steps_per_epoch, device)
     try:
