@@ -186,7 +186,8 @@ def runs(tone_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(runs, tone_data) -> Path:
     out = runs[0].parent / "out" / "report.html"
-    assert main(["report", *map(str, runs), "--data", str(tone_data["val"]), "--out", str(out), "-q"]) == 0
+    figures = runs[0].parent / "out" / "figures"
+    assert main(["report", *map(str, runs), "--data", str(tone_data["val"]), "--out", str(out), "--png-dir", str(figures), "-q"]) == 0
     return out
 
 
@@ -230,6 +231,13 @@ def test_report_images_are_valid_pngs(report):
             assert img.format == "PNG" and img.width >= 200 and img.height >= 150
             assert len(img.convert("RGB").getcolors(maxcolors=1 << 20) or range(1 << 20)) > 10  # not blank
         assert imread(io.BytesIO(png), format="png").ndim == 3
+
+
+def test_png_dir_holds_the_pages_figures_named_by_section(report):
+    files = sorted((report.parent / "figures").glob("*.png"))
+    names = {f.name for f in files}
+    assert {"noise.png", "recall.png", "ot.png", "gap.png", "gap-1.png", "similarity.png", "similarity-1.png"} <= names
+    assert sorted(f.read_bytes() for f in files) == sorted(_images(report.read_text(encoding="utf-8")))
 
 
 def test_report_table_describes_the_runs(report):

@@ -286,6 +286,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="device for embedding --data (auto | cpu | cuda)")
     p.add_argument("--max-clips", type=int, default=40, help="clips in the heatmaps (default 40)")
     p.add_argument("--ot-eps", type=float, default=0.03, help="entropic regularisation of the OT plan heatmap")
+    p.add_argument("--png-dir", type=Path, help="also write every figure here as SECTION.png (for READMEs and papers)")
     p.set_defaults(func=_report)
 
 
@@ -294,7 +295,9 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.max_clips < 1:
         raise ValueError(f"--max-clips must be at least 1, got {args.max_clips}")
-    out = build_report(args.runs, args.out, data=args.data, device=args.device, max_clips=args.max_clips, ot_eps=args.ot_eps)
+    out = build_report(
+        args.runs, args.out, data=args.data, device=args.device, max_clips=args.max_clips, ot_eps=args.ot_eps, png_dir=args.png_dir
+    )
     print(f"wrote {out}")
     return 0
 

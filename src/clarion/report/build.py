@@ -174,8 +174,10 @@ def build_report(
     device: str = "auto",
     max_clips: int = 40,
     ot_eps: float = 0.03,
+    png_dir: str | Path | None = None,
 ) -> Path:
-    """Write the HTML report of ``run_paths`` to ``out`` and return its path."""
+    """Write the HTML report of ``run_paths`` to ``out`` and return its path. With ``png_dir``,
+    every figure is also written there as ``{section anchor}[-{i}].png``."""
     if not run_paths:
         raise ValueError("no run directory given")
     runs = load_runs(list(run_paths))
@@ -198,4 +200,18 @@ def build_report(
     )
     out = Path(out)
     atomic_write_text(out, page)
+    if png_dir is not None:
+        write_figures(sections, Path(png_dir))
     return out
+
+
+def write_figures(sections: list[Section], folder: Path) -> list[Path]:
+    """Each section's figures as PNG files named after its anchor (``-1``, ``-2``… after the first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for section in sections:
+        for i, image in enumerate(section.images):
+            path = folder / f"{section.anchor}{f'-{i}' if i else ''}.png"
+            path.write_bytes(image.png)
+            paths.append(path)
+    return paths
