@@ -17,7 +17,6 @@ import os
 import re
 import struct
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

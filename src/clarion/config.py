@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .files import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -115,17 +115,7 @@ class Config:
     def save(self, path: str | Path) -> None:
         """Write the tree as YAML, atomically (a temp file renamed over ``path``): a process killed
         mid-write leaves the previous file, never a torn one."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(yaml.safe_dump(self.to_dict(), sort_keys=False))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -15,7 +15,6 @@ Everything is safetensors + JSON: loading a run never unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .config import Config, ConfigError, load_config
+from .files import atomic_write, atomic_write_text, sha256  # noqa: F401  (part of this module's API)
 from .models import DualEncoder, build_model
 from .objectives import Objective, build_objective
 
@@ -39,33 +39,6 @@ ENCODER_DIRS = ("audio_encoder", "text_encoder")  # RUN/<name>/: files a tower n
 
 class RunError(RuntimeError):
     """A run directory that is missing files or holds inconsistent ones."""
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
