@@ -126,6 +126,7 @@ def test_compare_runs_a_grid_resumes_and_skips_finished_cells(tone_data, tmp_pat
     assert (out / "significance.csv").read_text().count("R@1") == 4  # 2 noise ratios × 2 directions
     noisy = json.loads((out / "runs/noise0.25/infonce/seed0/test.json").read_text())
     assert (out / "runs/noise0.25/infonce/seed0/noisy_pairs.csv").is_file() and 0 <= noisy["t2a"]["R@1"] <= 1
+    assert noisy["cell"] == {"label": "infonce", "noise": 0.25, "seed": 0}
 
     # a finished grid is not rerun; a cell whose evaluation was lost resumes training (nothing left) and re-evaluates
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/seed0/model.safetensors")}

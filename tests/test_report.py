@@ -78,8 +78,10 @@ def test_first_clips_orders_captions_by_clip():
     assert clips.tolist() == [0, 1, 2, 3] and len(captions) == 7
 
 
-def _run(name, objective, noise, t2a, a2t, options=None, test=True):
+def _run(name, objective, noise, t2a, a2t, options=None, test=True, cell=None):
     metrics = {"t2a": {"R@1": t2a, "R@5": 0.9, "R@10": 1.0}, "a2t": {"R@1": a2t, "R@5": 0.9, "R@10": 1.0}}
+    if cell:
+        metrics["cell"] = {"label": cell, "noise": noise, "seed": 0}
     epochs = [] if test else [{"type": "epoch", "epoch": 0, "val": metrics, "val_mean_R@1": (t2a + a2t) / 2, "best": True}]
     return RunData(Path(name), name, objective, options or {}, noise, epochs=epochs, test=metrics if test else None)
 
@@ -103,6 +105,18 @@ def test_noise_curves_group_by_objective_and_average_seeds():
     # runs without retrieval numbers do not count
     empty = RunData(Path("x"), "x", "infonce", {}, 0.5)
     assert noise_curves([_run("a", "infonce", 0.2, 0.6, 0.5), empty]) == {}
+
+
+def test_compare_cells_group_by_their_label_across_per_noise_options():
+    """A compare objective whose options depend on the noise ratio is one line, under its cell label."""
+    runs = [
+        _run("a", "mltm", 0.0, 0.6, 0.5, options={"partial_mass": 0.95}, cell="mltm_partial"),
+        _run("b", "mltm", 0.4, 0.2, 0.1, options={"partial_mass": 0.6}, cell="mltm_partial"),
+        _run("c", "infonce", 0.4, 0.3, 0.3),
+    ]
+    curves = noise_curves(runs)
+    assert set(curves) == {"mltm_partial", "infonce"}
+    assert curves["mltm_partial"]["t2a"] == [(0.0, 0.6), (0.4, 0.2)]
 
 
 def test_options_string_and_label():

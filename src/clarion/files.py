@@ -9,10 +9,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_process_umask()  # what open() would give a new file (mkstemp's own is 0o600)
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename over ``path``.
+    The file gets the permissions a plain ``open(path, "w")`` would give it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -79,6 +79,7 @@ def run_cell(grid: Grid, cell: Cell, out: Path, device: str, threads: int | None
         summary = train(cfg, run, resume=(run / "config.yaml").exists())
         metrics, t2a, a2t = evaluate_cell(run, grid.test, resolve_device(device))
         metrics["train"] = {"seconds": time.perf_counter() - started, **summary}
+        metrics["cell"] = {"label": cell.objective.label, "noise": cell.noise, "seed": cell.seed}
         np.savez(run / "ranks.npz", t2a=t2a, a2t=a2t)
         atomic_write_text(run / "test.json", json.dumps(metrics, indent=2) + "\n")
         return CellResult(cell, metrics, t2a, a2t)

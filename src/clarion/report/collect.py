@@ -40,7 +40,12 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """Objective name plus its options, e.g. ``mltm (partial_mass=0.9)``: the noise-curve grouping key."""
+        """The noise-curve grouping key: the label of the ``clarion compare`` cell the run belongs to
+        (its ``test.json`` ``cell``; one objective may have per-noise options there), else the
+        objective name plus its options, e.g. ``mltm (partial_mass=0.9)``."""
+        cell = (self.test or {}).get("cell")
+        if isinstance(cell, dict) and isinstance(cell.get("label"), str) and cell["label"]:
+            return cell["label"]
         return objective_label(self.objective, self.options)
 
     @property
