@@ -505,11 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data.audio import AudioError
     from .data.manifest import ManifestError
     from .rundir import RunError
-    from .train.loop import TrainingDiverged
 
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, RunError, AudioError, ValueError, FileNotFoundError, TrainingDiverged) as exc:
+    except (ConfigError, ManifestError, RunError, AudioError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("CLARION_DEBUG"):
             raise
         print(f"clarion {args.command}: error: {exc}", file=sys.stderr)

@@ -38,7 +38,8 @@ ENCODER_DIRS = ("audio_encoder", "text_encoder")  # RUN/<name>/: files a tower n
 
 
 class RunError(RuntimeError):
-    """A run directory that is missing files or holds inconsistent ones."""
+    """A run that cannot go on: its directory is missing files, holds inconsistent ones or cannot
+    be written, or its training diverged (the CLI reports these in one line)."""
 
 
 def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

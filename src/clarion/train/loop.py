@@ -63,7 +63,7 @@ log = logging.getLogger("clarion.train")
 _SHOWN_ROWS = 8  # rows of a skipped batch named in the log
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunError):
     """``train.max_nonfinite_steps`` consecutive steps had a non-finite loss or gradient."""
 
 
