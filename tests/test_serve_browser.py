@@ -16,6 +16,9 @@ uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 if not CHROMIUM.exists():
     pytest.skip(f"no browser at {CHROMIUM}", allow_module_level=True)
+# Hang guards, not speed assumptions: each wait ends as soon as the page shows what it waits for.
+HANG_GUARD_S = 120
+sync_api.expect.set_options(timeout=HANG_GUARD_S * 1000)
 
 from clarion.serve.app import create_app  # noqa: E402
 from clarion.serve.index import SearchIndex  # noqa: E402
@@ -31,9 +34,9 @@ def served(tmp_path_factory):
     server = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    guard = time.monotonic() + HANG_GUARD_S
     while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        assert time.monotonic() < guard and thread.is_alive(), "server did not start"
         time.sleep(0.05)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}", index
     server.should_exit = True
@@ -46,6 +49,7 @@ def page(served):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--autoplay-policy=no-user-gesture-required"])
         page = browser.new_page(viewport={"width": 1000, "height": 760})
+        page.set_default_timeout(HANG_GUARD_S * 1000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(served[0] + "/")
@@ -72,7 +76,7 @@ def test_type_a_query_see_ranked_results_and_play_one(page, served, tmp_path):
     assert box and box["width"] > 100
     page.mouse.click(box["x"] + 18, box["y"] + box["height"] / 2)  # the play button of the native controls
     page.wait_for_function("() => { const a = document.querySelector('.result audio'); "
-                           "return !a.paused && a.currentTime > 0.2; }", timeout=15_000)
+                           "return !a.paused && a.currentTime > 0.2; }")
     played = audio.evaluate("a => ({src: a.currentSrc, paused: a.paused, t: a.currentTime, error: a.error})")
     assert played["error"] is None and played["src"].endswith(f"/api/audio/{expected[0].id}")
     page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
