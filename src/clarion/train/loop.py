@@ -304,6 +304,8 @@ class Trainer:
         drift = self.cfg.train.drift_every
         if drift and (self.state.step + 1) % drift == 0:
             out.diagnostics.update(drift_diagnostics(out.loss, a, t, self.dist.mean))
+            if out.drift is not None:  # the objective's own (e.g. SVR's radius against ‖a − t‖)
+                out.diagnostics.update(out.drift())
         every = self.cfg.train.collapse_every
         if every and (self.state.step + 1) % every == 0:
             stats = collapse_diagnostics(a, t)
