@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test install clean
+.PHONY: demo test test-kernels install clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ $(DEVSTAMP): $(STAMP)
 
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q
+
+# only the fused Triton kernels' tests (part of `make test` too): under Triton's CPU interpreter,
+# or natively where CUDA is available (tests/conftest.py sets TRITON_INTERPRET=1 without CUDA)
+test-kernels: $(DEVSTAMP)
+	$(BIN)/python -m pytest -q tests/test_fused.py
 
 # synth -> train InfoNCE and SigLIP -> evaluate on the test split -> markdown table
 demo: $(STAMP)
