@@ -25,7 +25,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clarion.data.audio import AudioError, decode_audio, read_audio
+from clarion.audio import AudioError, decode_audio, read_audio
 from clarion.data.check import check_data, inspect_clip, write_problems
 from clarion.data.manifest import ManifestError, csv_safe, read_manifest, write_manifest
 

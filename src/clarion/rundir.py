@@ -28,9 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
 from .files import atomic_write, atomic_write_text, sha256  # noqa: F401  (part of this module's API)
-from .models import DualEncoder, build_model
+from .models import DualEncoder, build_model, load_model_config
 from .objectives import Objective, build_objective
 
 OBJECTIVE_PREFIX = "objective."
@@ -99,7 +99,7 @@ def load_run_config(run: Path) -> Config:
     if not path.is_file():
         raise RunError(f"{run} is not a clarion run: {path.name} is missing")
     try:
-        return load_config(path)
+        return load_model_config(path)
     except ConfigError as exc:
         raise RunError(f"invalid config in {path}: {exc}") from exc
 

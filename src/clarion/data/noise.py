@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rundir import atomic_write_text
-from .manifest import Manifest, csv_safe
+from ..files import atomic_write_text
+from .manifest import csv_safe
+from .records import Manifest
 
 
 @dataclass(frozen=True)

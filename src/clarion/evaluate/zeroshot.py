@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..data.audio import ClipCache
+from ..audio import ClipCache
 from ..data.manifest import Manifest
 from ..models import DualEncoder
 from .embed import embed_captions, embed_clips

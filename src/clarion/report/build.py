@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..data.manifest import Manifest, read_manifest
 from ..evaluate.geometry import modality_gap
 from ..rundir import RunError, atomic_write_text
@@ -183,7 +183,7 @@ def build_report(
     runs = load_runs(list(run_paths))
     manifest = None
     if data is not None:  # a bad manifest or device fails before any plotting
-        from ..train.loop import resolve_device
+        from ..runtime import resolve_device
 
         manifest, torch_device = read_manifest(data, "skip"), resolve_device(device)
     colours = plots.colours_for([run.name for run in runs])

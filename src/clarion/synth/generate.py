@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .synth_captions import LANGUAGES, caption_clip
-from .synth_sounds import PITCHES, SOUND_TYPES, fundamental, pink_noise, render_sound
+from .captions import LANGUAGES, caption_clip
+from .sounds import PITCHES, SOUND_TYPES, fundamental, pink_noise, render_sound
 
 __all__ = [
     "LANGUAGES",
@@ -693,7 +693,7 @@ def retrieval_ceiling(out_dir: str | os.PathLike, split: str = "test") -> float:
 
 def _summary(ctx: _Context, sizes: dict[str, int], heldout: Heldout) -> dict:
     return {
-        "generator": "clarion.data.synth",
+        "generator": "clarion.synth",
         "version": VERSION,
         "seed": ctx.seed,
         "sample_rate": ctx.sample_rate,
