@@ -26,8 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +37,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .config import Config
+from .files import atomic_dir
 from .audio import AudioError, fit_length, read_audio
 from .evaluate.zeroshot import DEFAULT_PROMPT, class_embeddings
 from .models import DualEncoder
@@ -304,20 +303,12 @@ class ClarionModel:
                 raise RunError(f"{out} exists and is not empty (overwrite it with --overwrite)")
             if not (out / "config.yaml").is_file():
                 raise RunError(f"{out} is not a clarion model directory; refusing to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             self.cfg.save(tmp / "config.yaml")
             self.tokenizer.save(str(tmp / "tokenizer.json"))
             meta = {k: v for k, v in self.meta.items() if k != "sha256"}
             meta.update(format=EXPORT_FORMAT, exported_from=str(self.source), fingerprint=self.fingerprint)
             save_model(tmp, self.model, self.objective_state, meta)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
 
