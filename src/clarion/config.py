@@ -81,7 +81,7 @@ class DataConfig:
     noise_ratio: float = ranged(lambda x: 0 <= x < 1, "in [0, 1)", default=0.0)  # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
     noise_seed: int = 0  # fixed apart from train.seed, so runs with different seeds see the same corrupted pairs
     validate: Validate = "off"  # run `clarion data check` on train/val before training: off | warn | fail (refuse to start)
-    stream: bool | None = None  # stream webdataset shards (data/shards.py); None: when data.train is webdataset:DIR
+    stream: bool | None = None  # stream webdataset shards (clarion.data.shards); None: when data.train is webdataset:DIR
     shuffle_buffer: int = ranged(_non_negative, ">= 0", default=1000)  # streaming: samples each worker holds for shuffling (0: shard order only)
 
 

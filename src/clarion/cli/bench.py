@@ -116,6 +116,5 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    _add_synth(sub)
-    _add_compare(sub)
-    _add_report(sub)
+    for add in (_add_synth, _add_compare, _add_report):
+        add(sub)

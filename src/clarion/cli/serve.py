@@ -74,12 +74,17 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
                        "every caption of a manifest. Files that cannot be decoded are skipped and listed in "
                        "FILE.skipped.csv.")
     p.add_argument("input", metavar="INPUT", help="audio folder, manifest file, or dataset spec NAME:PATH@SPLIT")
-    add_model(p)
-    p.add_argument("--out", required=True, type=Path, help="FILE.npy to write (FILE.csv goes beside it)")
+    _add_embedding_options(p, "FILE.npy to write (FILE.csv goes beside it)")
     p.add_argument("--text", action="store_true", help="embed the manifest's captions instead of its audio")
+    p.set_defaults(func=_embed)
+
+
+def _add_embedding_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    """What `embed` and `index build` share: the model, where to write, batch size, device."""
+    add_model(p)
+    p.add_argument("--out", required=True, type=Path, help=out_help)
     add_batch_size(p)
     add_device(p, "auto")
-    p.set_defaults(func=_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -107,11 +112,8 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                          "to one folder and one model: --rebuild to change either. Undecodable files are skipped and "
                          "listed in INDEX/skipped.csv.")
     b.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR")
-    add_model(b)
-    b.add_argument("--out", required=True, type=Path, help="index directory")
+    _add_embedding_options(b, "index directory")
     b.add_argument("--rebuild", action="store_true", help="embed everything again (another model or folder)")
-    add_batch_size(b)
-    add_device(b, "auto")
     b.set_defaults(func=_index_build)
 
 
@@ -157,8 +159,5 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    _add_serve(sub)
-    _add_export(sub)
-    _add_embed(sub)
-    _add_index(sub)
-    _add_search(sub)
+    for add in (_add_serve, _add_export, _add_embed, _add_index, _add_search):
+        add(sub)
