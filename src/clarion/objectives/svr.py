@@ -1,4 +1,4 @@
-"""Support Vector Regularization (SupCLAP), METHODS.md §3, over an InfoNCE or SigLIP base.
+"""Support Vector Regularization (SupCLAP), docs/methods.md §3, over an InfoNCE or SigLIP base.
 
 For pair i, with ``û_i = (a_i − t_i)/‖a_i − t_i‖`` the pull direction of the text anchor, the
 text-side support vector is ``t_i^sup = t_i + R_i û_i`` (not re-normalised) and the audio-side

@@ -4,7 +4,7 @@ Anchors ``x`` [b, d] meet others ``y`` [N, d] through logits ``L_ij = s·x_i·y_
 made one [tile, tile] block at a time and never stored whole; the backward pass recomputes
 each block (as FlashAttention does).
 
-**Softmax cross-entropy** (one direction of InfoNCE, METHODS.md §1), anchor i's positive in
+**Softmax cross-entropy** (one direction of InfoNCE, docs/methods.md §1), anchor i's positive in
 column ``p_i``, ``M_i`` = the other columns of its clip (left out of the denominator) or, with
 ``multi_positive``, targets ``T_ij`` uniform over the clip's columns::
 
@@ -19,7 +19,7 @@ Forward keeps a streaming log-sum-exp per row over the column blocks (running ma
 
 where the ``T`` parts are O(b·d) (a gather or per-clip means) and stay outside the block loop.
 
-**Sigmoid pairs** (SigLIP, METHODS.md §2), ``z_ij = +1`` when anchor i and column j share a
+**Sigmoid pairs** (SigLIP, docs/methods.md §2), ``z_ij = +1`` when anchor i and column j share a
 clip, else −1::
 
     ℓ = −(1/b) Σ_ij log σ(z_ij (L_ij + β)),   ∂ℓ/∂L_ij = −z_ij σ(−z_ij (L_ij + β)) / b

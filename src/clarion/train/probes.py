@@ -10,7 +10,7 @@
 
 The trainer runs them in this order, so the step records keep their key order.
 
-Feature-collapse monitor (docs/methods.md, "Feature collapse"): warns once when the batch embeddings collapse.
+Feature-collapse monitor (docs/methods.md §5, "Feature collapse"): warns once when the batch embeddings collapse.
 
 A check is *collapsed* when, for either modality, the mean pairwise cosine exceeds ``max_cos``
 or the effective rank falls below ``min_rank`` (statistics from
