@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     from ..audio import AudioError
-    from ..data.manifest import ManifestError
+    from ..data.records import ManifestError
     from ..rundir import RunError
 
     try:

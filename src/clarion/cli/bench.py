@@ -91,8 +91,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "report", None, "a single-file HTML report of one or more runs",
-                       description="Write a self-contained HTML report (inline PNG plots) of training curves, "
-                       "retrieval and, with --data, the embedding geometry of one or more runs.")
+                    description="Write a self-contained HTML report (inline PNG plots) of training curves, "
+                    "retrieval and, with --data, the embedding geometry of one or more runs.")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
     p.add_argument("--data", help="manifest to embed for the modality gap, similarity and OT plan sections")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (default report.html)")

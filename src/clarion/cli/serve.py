@@ -12,9 +12,9 @@ from .options import add_batch_size, add_command, add_device, add_model
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "serve", None, "a web search page over a search index",
-                       description="Serve a search page (text query or example clip, in-page playback) and its JSON "
-                       "API (documented in clarion.serve.app) over an index made by `clarion index build`. Binds "
-                       "127.0.0.1, this machine only, unless --host says otherwise; there is no authentication.")
+                    description="Serve a search page (text query or example clip, in-page playback) and its JSON "
+                    "API (documented in clarion.serve.app) over an index made by `clarion index build`. Binds "
+                    "127.0.0.1, this machine only, unless --host says otherwise; there is no authentication.")
     p.add_argument("index", type=Path, metavar="INDEX", help="index folder")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the page to "
@@ -49,9 +49,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "export", None, "export a run's model as a self-contained folder",
-                       description="Write the model of a run (or of another export) to OUT: config.yaml, tokenizer.json, "
-                       "model.safetensors (+ model.json) and the pretrained towers' files; clarion.load(OUT) and "
-                       "--model OUT need nothing else.")
+                    description="Write the model of a run (or of another export) to OUT: config.yaml, tokenizer.json, "
+                    "model.safetensors (+ model.json) and the pretrained towers' files; clarion.load(OUT) and "
+                    "--model OUT need nothing else.")
     p.add_argument("run", type=Path, metavar="RUN", help="run or export directory")
     p.add_argument("--out", required=True, type=Path, help="export directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
@@ -69,10 +69,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "embed", None, "embed a folder of audio files or a manifest to .npy + .csv",
-                       description="Write FILE.npy (float32 [N, d], unit-norm rows) and FILE.csv (row, path[, caption]). "
-                       "Audio: every audio file under a folder (recursive) or every distinct clip of a manifest; --text: "
-                       "every caption of a manifest. Files that cannot be decoded are skipped and listed in "
-                       "FILE.skipped.csv.")
+                    description="Write FILE.npy (float32 [N, d], unit-norm rows) and FILE.csv (row, path[, caption]). "
+                    "Audio: every audio file under a folder (recursive) or every distinct clip of a manifest; --text: "
+                    "every caption of a manifest. Files that cannot be decoded are skipped and listed in "
+                    "FILE.skipped.csv.")
     p.add_argument("input", metavar="INPUT", help="audio folder, manifest file, or dataset spec NAME:PATH@SPLIT")
     _add_embedding_options(p, "FILE.npy to write (FILE.csv goes beside it)")
     p.add_argument("--text", action="store_true", help="embed the manifest's captions instead of its audio")
@@ -103,14 +103,14 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "index", None, "build or update a search index over an audio folder",
-                       description="Search indexes (clarion.serve.index): embeddings of every audio file under a folder "
-                       "and the model export, for `clarion search` and `clarion serve`.", common=False)
+                    description="Search indexes (clarion.serve.index): embeddings of every audio file under a folder "
+                    "and the model export, for `clarion search` and `clarion serve`.", common=False)
     tools = p.add_subparsers(dest="index_command", required=True)
     b = add_command(tools, "build", None, "index every audio file under AUDIO_DIR (incremental)",
-                         description="Embed every audio file under AUDIO_DIR (recursive) into INDEX. Re-running it "
-                         "embeds only new and changed files (size + mtime) and drops removed ones. An index is tied "
-                         "to one folder and one model: --rebuild to change either. Undecodable files are skipped and "
-                         "listed in INDEX/skipped.csv.")
+                    description="Embed every audio file under AUDIO_DIR (recursive) into INDEX. Re-running it "
+                    "embeds only new and changed files (size + mtime) and drops removed ones. An index is tied "
+                    "to one folder and one model: --rebuild to change either. Undecodable files are skipped and "
+                    "listed in INDEX/skipped.csv.")
     b.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR")
     _add_embedding_options(b, "index directory")
     b.add_argument("--rebuild", action="store_true", help="embed everything again (another model or folder)")
@@ -129,8 +129,8 @@ def _index_build(args: argparse.Namespace) -> int:
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "search", None, "search an index by text or by an example clip",
-                       description="Print the k best matches in INDEX for a text QUERY or, with --audio, for the "
-                       "sound of a file: rank, cosine score, path (relative to the indexed folder).")
+                    description="Print the k best matches in INDEX for a text QUERY or, with --audio, for the "
+                    "sound of a file: rank, cosine score, path (relative to the indexed folder).")
     p.add_argument("index", type=Path, metavar="INDEX")
     p.add_argument("query", nargs="?", help="text query (leave out with --audio)")
     p.add_argument("-k", type=int, default=10, help="results (default 10)")

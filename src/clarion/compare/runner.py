@@ -23,7 +23,7 @@ import torch
 
 from ..models import load_model_config
 from ..runtime import resolve_device
-from ..data.manifest import read_manifest
+from ..data.open import open_source
 from ..evaluate.embed import embed_manifest, retrieval_report
 from ..evaluate.retrieval import a2t_relevant_ranks, t2a_ranks
 from ..rundir import atomic_write_text, load_model
@@ -57,7 +57,7 @@ def load_cell(out: Path, cell: Cell) -> CellResult | None:
 def evaluate_cell(run: Path, test: Path, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
     """Cosine retrieval metrics, geometry and per-query ranks of a trained run on ``test``."""
     cfg, model = load_model(run, device)
-    data = embed_manifest(model, read_manifest(test, cfg.data.on_bad_sample), cfg, device)
+    data = embed_manifest(model, open_source(test, cfg.data.on_bad_sample), cfg, device)
     metrics = retrieval_report(data)
     sim = data.text @ data.audio.T
     a2t, _ = a2t_relevant_ranks(sim, data.caption_clip)

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ..version import __version__
-from ..data.manifest import Manifest, read_manifest
+from ..data.manifest import Manifest
+from ..data.open import open_source
 from ..evaluate.geometry import modality_gap
 from ..rundir import RunError, atomic_write_text
 from . import plots
@@ -185,7 +186,7 @@ def build_report(
     if data is not None:  # a bad manifest or device fails before any plotting
         from ..runtime import resolve_device
 
-        manifest, torch_device = read_manifest(data, "skip"), resolve_device(device)
+        manifest, torch_device = open_source(data, "skip"), resolve_device(device)
     colours = plots.colours_for([run.name for run in runs])
     sections = [run_table(runs), *training_sections(runs, colours), *retrieval_sections(runs, colours)]
     if manifest is not None:
