@@ -2,7 +2,13 @@
 
 Every run directory holds the resolved tree as ``config.yaml``; loading it back gives the
 same tree. Unknown keys and values of the wrong type are errors that name the key, so a
-typo in a recipe never silently falls back to a default.
+typo in a recipe never silently falls back to a default; so are values outside an enum-like
+``Literal`` (checked once, here) and numbers outside the range declared with their field
+(:func:`ranged`).
+
+This is the bottom layer: it imports nothing of clarion but :mod:`clarion.files`. Matching
+``audio.sample_rate`` to the audio encoder is the model layer's job
+(:func:`clarion.models.load_model_config`).
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from collections.abc import Callable
 
 import yaml
 
@@ -67,7 +73,8 @@ class AudioConfig:
     n_mels: int = ranged(_positive, "positive", default=64)
     f_min: float = ranged(_non_negative, ">= 0", default=0.0)
     f_max: float | None = ranged(_optional(_positive), "positive or null", default=None)
-    max_seconds: float | None = ranged(_optional(_positive), "positive seconds or null (no cap)", default=600.0)  # decode cap: longer files are read up to this length
+    # decode cap: longer files are read up to this length
+    max_seconds: float | None = ranged(_optional(_positive), "positive seconds or null (no cap)", default=600.0)
 
 
 @dataclass
@@ -78,11 +85,13 @@ class DataConfig:
     pairs: Pairs = "all"  # all: every caption row once per epoch | one_per_clip: one random caption per clip
     cache_dir: str | None = None  # on-disk cache of decoded, resampled clips
     num_workers: int = ranged(lambda x: 0 <= x <= 1024, "between 0 and 1024", default=1)
-    noise_ratio: float = ranged(lambda x: 0 <= x < 1, "in [0, 1)", default=0.0)  # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
+    # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
+    noise_ratio: float = ranged(lambda x: 0 <= x < 1, "in [0, 1)", default=0.0)
     noise_seed: int = 0  # fixed apart from train.seed, so runs with different seeds see the same corrupted pairs
     validate: Validate = "off"  # run `clarion data check` on train/val before training: off | warn | fail (refuse to start)
     stream: bool | None = None  # stream webdataset shards (clarion.data.shards); None: when data.train is webdataset:DIR
-    shuffle_buffer: int = ranged(_non_negative, ">= 0", default=1000)  # streaming: samples each worker holds for shuffling (0: shard order only)
+    # streaming: samples each worker holds for shuffling (0: shard order only)
+    shuffle_buffer: int = ranged(_non_negative, ">= 0", default=1000)
 
 
 @dataclass
@@ -91,11 +100,14 @@ class ModelConfig:
     text_encoder: str = "transformer"  # transformer | hf | minilm-packaged
     audio_pretrained: str | None = None  # panns-*: official .pth file (None: random init); hf: local dir or cached hub id
     text_pretrained: str | None = None  # hf: local dir or cached hub id (nothing is downloaded)
-    panns_width: int = ranged(_positive, "positive", default=64)  # PANNs channel base (64 = the official size; smaller only for tests / from scratch)
+    # PANNs channel base (64 = the official size; smaller only for tests / from scratch)
+    panns_width: int = ranged(_positive, "positive", default=64)
     freeze_audio: bool = False  # no gradients, eval mode (BatchNorm, dropout) for the audio encoder
     freeze_text: bool = False  # the same for the text encoder; projection heads always train
     embed_dim: int = ranged(lambda x: 1 <= x <= 65536, "between 1 and 65536", default=256)
-    audio_channels: list[int] = ranged(lambda x: len(x) > 0 and all(c > 0 for c in x), "a non-empty list of positive ints", default_factory=lambda: [16, 32, 64, 128, 256])  # stem, then one block each
+    # stem, then one block each
+    audio_channels: list[int] = ranged(lambda x: len(x) > 0 and all(c > 0 for c in x), "a non-empty list of positive ints",
+                                       default_factory=lambda: [16, 32, 64, 128, 256])
     text_width: int = ranged(_positive, "positive", default=256)
     text_layers: int = ranged(_positive, "positive", default=2)
     text_heads: int = ranged(_positive, "positive", default=4)
@@ -114,10 +126,14 @@ class ObjectiveConfig:
 @dataclass
 class TrainConfig:
     epochs: int = ranged(_non_negative, ">= 0", default=10)
-    batch_size: int = ranged(_positive, "positive", default=64)  # the global batch: split over the processes of a torchrun job (train/distributed.py)
-    chunk_size: int | None = ranged(_optional(_positive), "positive or null", default=None)  # GradCache: embed this many rows (per process) at a time, exact full-batch gradient; None: off
-    lr: float = ranged(_non_negative, ">= 0", default=1e-3)  # projection heads and objective state (and the encoders when encoder_lr is None)
-    encoder_lr: float | None = ranged(_optional(_non_negative), ">= 0 or null", default=None)  # audio and text encoders; None: the same as lr
+    # the global batch: split over the processes of a torchrun job (train/distributed.py)
+    batch_size: int = ranged(_positive, "positive", default=64)
+    # GradCache: embed this many rows (per process) at a time, exact full-batch gradient; None: off
+    chunk_size: int | None = ranged(_optional(_positive), "positive or null", default=None)
+    # projection heads and objective state (and the encoders when encoder_lr is None)
+    lr: float = ranged(_non_negative, ">= 0", default=1e-3)
+    # audio and text encoders; None: the same as lr
+    encoder_lr: float | None = ranged(_optional(_non_negative), ">= 0 or null", default=None)
     weight_decay: float = ranged(_non_negative, ">= 0", default=0.01)
     warmup_steps: int = ranged(_non_negative, ">= 0", default=100)
     grad_clip: float = ranged(_non_negative, ">= 0 (0 disables)", default=1.0)  # max global grad norm; 0 disables
@@ -125,13 +141,18 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
     log_every: int = ranged(_positive, "positive", default=1)  # steps between metrics.jsonl records
-    drift_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)  # steps between drift diagnostics (an extra loss-only backward); 0 disables
-    collapse_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)  # steps between feature-collapse statistics of the batch embeddings; 0 disables
+    # steps between drift diagnostics (an extra loss-only backward); 0 disables
+    drift_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)
+    # steps between feature-collapse statistics of the batch embeddings; 0 disables
+    collapse_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)
     collapse_max_cos: float = 0.9  # collapsed when a modality's mean pairwise cosine exceeds this ...
     collapse_min_rank: float = 2.0  # ... or its effective rank falls below this
-    collapse_patience: int = ranged(_non_negative, ">= 0", default=3)  # consecutive collapsed checks (after warm-up) before the warning
-    checkpoint_every_steps: int = ranged(_non_negative, ">= 0 (0: end of epoch only)", default=0)  # 0: checkpoint at the end of each epoch only
-    max_nonfinite_steps: int = ranged(_positive, "positive", default=20)  # stop after this many consecutive steps skipped for a non-finite loss or gradient
+    # consecutive collapsed checks (after warm-up) before the warning
+    collapse_patience: int = ranged(_non_negative, ">= 0", default=3)
+    # 0: checkpoint at the end of each epoch only
+    checkpoint_every_steps: int = ranged(_non_negative, ">= 0 (0: end of epoch only)", default=0)
+    # stop after this many consecutive steps skipped for a non-finite loss or gradient
+    max_nonfinite_steps: int = ranged(_positive, "positive", default=20)
     eval_batch_size: int = ranged(_positive, "positive", default=128)
 
 

@@ -105,7 +105,11 @@ class DriftProbe(Probe):
         return step % self.every == 0
 
     def __call__(self, step: int, out: ObjectiveOutput, batch: Embedded) -> dict[str, Any]:
-        return drift_diagnostics(out.loss, batch.a, batch.t, self.reduce)
+        stats = drift_diagnostics(out.loss, batch.a, batch.t, self.reduce)
+        own = getattr(out, "drift", None)  # an objective's own drift statistics, when it offers them
+        if own is not None:
+            stats.update(own())
+        return stats
 
 
 @dataclass
