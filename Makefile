@@ -19,7 +19,7 @@ comma  := ,
 EXTRAS_STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DEMO_RESULTS := $(foreach o,$(DEMO_OBJECTIVES),$(DEMO)/runs/$(o)/test.json)
 
-.PHONY: demo demo-full demo-runs test install clean
+.PHONY: demo demo-full demo-runs test test-kernels install clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ $(VENV)/.installed-%: $(STAMP)
 
 test: $(EXTRAS_STAMP)
 	$(BIN)/python -m pytest -q
+
+# only the fused Triton kernels' tests (part of `make test` too): under Triton's CPU interpreter,
+# or natively where CUDA is available (tests/conftest.py sets TRITON_INTERPRET=1 without CUDA)
+test-kernels: $(EXTRAS_STAMP)
+	$(BIN)/python -m pytest -q tests/test_fused.py
 
 # synth -> train each objective (DEMO_JOBS at a time) -> evaluate on the test split -> markdown table
 demo: $(STAMP)

@@ -1,7 +1,7 @@
-"""Symmetric InfoNCE at large batch sizes: dense (open_clip ClipLoss) vs tiled, printed as JSON.
+"""Symmetric InfoNCE at large batch sizes: dense (open_clip ClipLoss) vs tiled vs fused, printed as JSON.
 
     python benchmarks/large_batch.py [--device cpu|cuda] [--batches 1024 4096 ...] [--dtypes fp32 bf16]
-                                     [--methods dense tiled] [--tile 4096] [--dim 512] [--out FILE]
+                                     [--methods dense tiled fused] [--tile 4096] [--dim 512] [--out FILE]
 
 One forward + backward of ``½ [CE(s·a tᵀ) + CE(s·t aᵀ)]`` on random unit embeddings a, t
 [B, d] (unique clips, so no masking) with a learnable scale:
@@ -10,6 +10,10 @@ One forward + backward of ``½ [CE(s·a tᵀ) + CE(s·t aᵀ)]`` on random unit 
   ``F.cross_entropy`` both ways (the matrix product in the inputs' dtype, the loss in fp32);
 - ``tiled``: ``clarion.objectives.tiled.tiled_symmetric_cross_entropy`` (both directions in one
   pass over T×T blocks).
+- ``fused``: ``clarion.objectives.fused.fused_symmetric_cross_entropy`` (the Triton kernels; a
+  row is an error, never a silent tiled run, where they cannot run: on the CPU set
+  ``TRITON_INTERPRET=1``, for tiny batches only). ``--fused-blocks m,n,k,grad_m,grad_n,warps,stages``
+  sets its tiles.
 
 Each (method, B, dtype) runs in a fresh subprocess, so an out-of-memory case is reported
 (``"oom": true``) instead of ending the sweep, and the CPU peak is that process's own.
@@ -17,8 +21,11 @@ Each (method, B, dtype) runs in a fresh subprocess, so an out-of-memory case is 
 memory beyond the inputs (CUDA: ``max_memory_allocated`` minus the allocation before the step;
 CPU: growth of the process's peak resident set, ``ru_maxrss``). ``tflops`` counts the matmul
 work 6·B²·d the way the issue's bound does (forward a tᵀ, and the two gradient products).
-On CUDA the sweep also measures the device's dense bf16 matmul rate and reports
-``bound_ms = 6·B²·d / rate`` next to each bf16 row.
+On CUDA the sweep also measures the device's dense matmul rates (bf16, and fp32 as torch runs
+it by default) and reports next to each row ``bound_ms = 6·B²·d / rate`` (the matmul bound for
+that dtype) and ``x_bound = time_ms / bound_ms``. The fused kernels do 12·B²·d (two products
+forward, four backward), so their best is ``x_bound`` ≈ 2 at the matmul rate.
+``peak_beyond_grads_mib`` is ``peak_extra_mib`` less the two input gradients (2·B·d elements).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from clarion.objectives import fused
 from clarion.objectives.tiled import tiled_symmetric_cross_entropy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,11 +57,27 @@ def tiled_loss(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, tile: int)
     return tiled_symmetric_cross_entropy(a, t, scale, torch.arange(len(a), device=a.device), tile=tile)
 
 
+def fused_loss(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, blocks: "fused.Blocks | None") -> torch.Tensor:
+    reason = fused.unavailable_reason(a)
+    if reason is not None:
+        raise RuntimeError(f"fused kernels cannot run here: {reason}")
+    return fused.fused_symmetric_cross_entropy(a, t, scale, torch.arange(len(a), device=a.device), blocks=blocks)
+
+
+def loss_of(method: str, a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, tile: int, blocks) -> torch.Tensor:
+    if method == "dense":
+        return dense_loss(a, t, scale)
+    if method == "tiled":
+        return tiled_loss(a, t, scale, tile)
+    return fused_loss(a, t, scale, blocks)
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method: str, batch: int, dtype: str, dim: int, tile: int, repeats: int, device: torch.device) -> dict:
+def measure(method: str, batch: int, dtype: str, dim: int, tile: int, repeats: int, device: torch.device,
+            blocks: "fused.Blocks | None" = None) -> dict:
     """One configuration, in this process (the worker side of the sweep)."""
     g = torch.Generator(device=device).manual_seed(0)
     a = F.normalize(torch.randn(batch, dim, device=device, generator=g), dim=-1).to(DTYPES[dtype]).requires_grad_()
@@ -63,7 +87,7 @@ def measure(method: str, batch: int, dtype: str, dim: int, tile: int, repeats: i
     def step() -> float:
         a.grad = t.grad = logit_scale.grad = None
         scale = logit_scale.exp()
-        loss = dense_loss(a, t, scale) if method == "dense" else tiled_loss(a, t, scale, tile)
+        loss = loss_of(method, a, t, scale, tile, blocks)
         loss.backward()
         return float(loss)
 
@@ -88,16 +112,19 @@ def measure(method: str, batch: int, dtype: str, dim: int, tile: int, repeats: i
     else:
         peak = peak_rss_mib() - before
     seconds = statistics.median(times)
+    grads_mib = 2 * batch * dim * a.element_size() / 2**20
     return {
         "method": method, "batch": batch, "dtype": dtype, "dim": dim, "tile": tile if method == "tiled" else None,
-        "time_ms": round(seconds * 1e3, 2), "peak_extra_mib": round(peak, 1), "tflops": round(6 * batch**2 * dim / seconds / 1e12, 3),
-        "loss": round(loss, 5), "oom": False,
+        "blocks": list(vars(blocks or fused.default_blocks(dim)).values()) if method == "fused" else None,
+        "time_ms": round(seconds * 1e3, 2), "peak_extra_mib": round(peak, 1),
+        "peak_beyond_grads_mib": round(peak - grads_mib, 1) if device.type == "cuda" else None,
+        "tflops": round(6 * batch**2 * dim / seconds / 1e12, 3), "loss": round(loss, 5), "oom": False,
     }
 
 
-def matmul_rate(device: torch.device, n: int = 8192) -> float:
-    """Measured dense bf16 FLOP/s of an n×n×n product on ``device``."""
-    x = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+def matmul_rate(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Measured dense FLOP/s of an n×n×n product in ``dtype`` on ``device`` (random data)."""
+    x = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         x @ x
     torch.cuda.synchronize(device)
@@ -112,7 +139,7 @@ def run_worker(args: argparse.Namespace, method: str, batch: int, dtype: str, ti
     command = [
         sys.executable, __file__, "--worker", method, str(batch), dtype, "--dim", str(args.dim), "--tile", str(args.tile),
         "--repeats", str(args.repeats), "--device", args.device,
-    ]
+    ] + (["--fused-blocks", args.fused_blocks] if args.fused_blocks else [])
     base = {"method": method, "batch": batch, "dtype": dtype, "dim": args.dim}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -120,6 +147,7 @@ def run_worker(args: argparse.Namespace, method: str, batch: int, dtype: str, ti
         return {**base, "timed_out": True}
     if done.returncode != 0:
         out_of_memory = "out of memory" in done.stderr.lower() or done.returncode in (-9, 137)
+        out_of_memory = out_of_memory and "outofresources" not in done.stderr.lower().replace(" ", "")  # Triton shared memory
         return {**base, "oom": out_of_memory, "error": None if out_of_memory else done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -129,7 +157,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", type=int, nargs="+")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    p.add_argument("--methods", nargs="+", default=["dense", "tiled"], choices=["dense", "tiled"])
+    p.add_argument("--methods", nargs="+", default=["dense", "tiled", "fused"], choices=["dense", "tiled", "fused"])
+    p.add_argument("--fused-blocks", help="fused kernels' tiles: m,n,k,grad_m,grad_n,warps,stages (default: by d)")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--tile", type=int)
     p.add_argument("--repeats", type=int, default=3)
@@ -142,22 +171,28 @@ def main() -> None:
     args.tile = args.tile or (8192 if cuda else 1024)
     if args.worker:
         method, batch, dtype = args.worker
-        print(json.dumps(measure(method, int(batch), dtype, args.dim, args.tile, args.repeats, device)))
+        blocks = fused.Blocks(*(int(v) for v in args.fused_blocks.split(","))) if args.fused_blocks else None
+        print(json.dumps(measure(method, int(batch), dtype, args.dim, args.tile, args.repeats, device, blocks)))
         return
     batches = args.batches or ([2**k * 1024 for k in range(0, 11)] if cuda else [1024, 4096, 16384])
-    rate = matmul_rate(device) if cuda else None
+    rates = {name: matmul_rate(device, dtype=DTYPES[name]) for name in args.dtypes} if cuda else {}
     rows = []
     for dtype in args.dtypes:
         for batch in batches:
             for method in args.methods:
                 row = run_worker(args, method, batch, dtype, args.timeout)
-                if rate and dtype == "bf16":
-                    row["bound_ms"] = round(6 * batch**2 * args.dim / rate * 1e3, 2)
+                if dtype in rates:
+                    row["bound_ms"] = round(6 * batch**2 * args.dim / rates[dtype] * 1e3, 2)
+                    if "time_ms" in row:
+                        row["x_bound"] = round(row["time_ms"] / row["bound_ms"], 2)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
     result = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu", "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "bf16_matmul_tflops": round(rate / 1e12, 1) if rate else None, "rows": rows,
+        "torch": torch.__version__, "triton": getattr(fused.triton, "__version__", None),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "bf16_matmul_tflops": round(rates["bf16"] / 1e12, 1) if "bf16" in rates else None,
+        "fp32_matmul_tflops": round(rates["fp32"] / 1e12, 1) if "fp32" in rates else None, "rows": rows,
     }
     text = json.dumps(result, indent=1)
     print(text)

@@ -1,6 +1,6 @@
 """Training and evaluation throughput of the default model, printed as JSON.
 
-    python benchmarks/train_throughput.py [--data SYNTH_DIR] [--device cpu|cuda] [--batch-size 64]
+    python benchmarks/train_throughput.py [--data SYNTH_DIR] [--clips 512] [--device cpu|cuda] [--batch-size 64] [key=value ...]
 
 Trains two epochs on the synthetic benchmark (generating a small one when --data is not
 given) with the on-disk clip cache: epoch 1 decodes (cold cache), epoch 2 reads the cache
@@ -30,7 +30,8 @@ from clarion.train.loop import train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="output folder of `clarion synth` (default: generate 512 clips)")
+    parser.add_argument("--data", type=Path, help="output folder of `clarion synth` (default: generate --clips clips)")
+    parser.add_argument("--clips", type=int, default=512, help="training clips to generate without --data (a quarter as many for validation)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="data loader worker processes")
@@ -44,7 +45,7 @@ def main() -> None:
             from clarion.synth.generate import generate
 
             data = tmp / "synth"
-            generate(data, n_train=512, n_val=128, n_test=8, seed=0)
+            generate(data, n_train=args.clips, n_val=max(args.clips // 4, 2), n_test=8, seed=0)
         device = resolve_device(args.device)
         cfg = load_config(None, [
             f"data.train={data / 'train.csv'}", f"data.cache_dir={tmp / 'cache'}", "data.pairs=one_per_clip",
@@ -72,6 +73,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "batch_size": args.batch_size,
+        "overrides": args.overrides,
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "train_clips_per_s_cold_cache": round(clips / epochs[0]["time_s"], 1),
         "train_clips_per_s_warm_cache": round(clips / epochs[1]["time_s"], 1),

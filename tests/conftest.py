@@ -7,13 +7,22 @@ MiniLM package, so the browser, FAISS and MiniLM tests must run there, not skip.
 
 from __future__ import annotations
 
-import csv
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-import soundfile as sf
+import torch
+
+# The fused Triton kernels (tests/test_fused.py) run on CPU tensors under Triton's interpreter,
+# which Triton reads when the kernels are defined, i.e. when clarion is first imported: so it is
+# set here, before any test module imports clarion. On a CUDA machine they run natively.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import csv  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 PITCHES = {"low": 220.0, "middle": 660.0, "high": 1980.0, "very high": 4000.0}
 TINY = [

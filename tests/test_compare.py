@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from clarion.compare.grid import Cell, ObjectiveSpec, parse_objectives
 from clarion.compare.runner import CellResult
 from clarion.compare.stats import mean_std, paired_bootstrap
 from clarion.config import ConfigError, load_config
+from clarion.objectives import build_objective
 
 from conftest import TINY
 
@@ -51,6 +53,28 @@ def test_grid_file_paths_are_relative_to_it_and_errors_are_clear(tmp_path):
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_grid(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("name, cells, labels", [
+    ("svr_study.yaml", 24, ["infonce", "infonce+svr_hinge_static", "infonce+svr_hinge_dynamic", "infonce+svr_sigmoid_static",
+                            "infonce+svr_sigmoid_dynamic", "siglip", "siglip+svr_hinge_dynamic", "siglip+svr_sigmoid_dynamic"]),
+    ("partial_ot_study.yaml", 12, ["infonce", "mltm_partial_uniform", "mltm_partial_row_mass", "mltm_partial_diagonal"]),
+])
+def test_study_grids_parse_and_build_their_objectives(name, cells, labels):
+    """The issue-17 study grids: 3 seeds of the demo recipe; every cell's options build the objective they name."""
+    grid = load_grid(Path(__file__).parents[1] / "configs" / "compare" / name)
+    assert [o.label for o in grid.objectives] == labels and len(grid.cells()) == cells and grid.seeds == [0, 1, 2]
+    assert grid.recipe.name == "demo.yaml" and grid.train.parent.name == "data"
+    for cell in grid.cells()[: len(labels)]:
+        cfg = load_config(grid.recipe, [*grid.cell_overrides(cell), f"data.train={grid.train}"])
+        objective = build_objective(cfg.objective.name, cfg.objective.options, batch_size=cfg.train.batch_size,
+                                    embed_dim=cfg.model.embed_dim)
+        label = cell.objective.label
+        if "+svr_" in label:
+            assert (objective.radius_bound, objective.radius_kind) == tuple(label.split("_")[1:])
+        if label.startswith("mltm_partial_"):
+            assert objective.partial_target == label.removeprefix("mltm_partial_") and objective.partial_mass == 0.6
+            assert cell.noise == 0.4
 
 
 def test_preset_has_the_documented_cells(tmp_path):

@@ -249,6 +249,7 @@ def test_index_and_search_cli(built, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_search_on_cuda(built):
     cpu, gpu = SearchIndex.open(built["index"]), SearchIndex.open(built["index"], device="cuda")

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import ot
@@ -90,10 +91,76 @@ def test_partial_mass_one_equals_balanced_and_partial_spares_a_corrupted_pair():
         return (tt.grad[3].norm() / tt.grad.norm()).item(), out.plan
 
     share_balanced, _ = corrupted_grad_share(balanced)
-    share_partial, plan = corrupted_grad_share(build_objective("mltm", {"eps": 0.05, "partial_mass": 0.8}).double())
-    assert plan.sum().item() == pytest.approx(0.8, abs=1e-4)
-    assert 8 * plan[3].sum() < 0.5  # the plan leaves most of the corrupted caption untransported
-    assert share_partial < 0.5 * share_balanced
+    shares = {}
+    for kind in ("uniform", "row_mass", "diagonal"):
+        options = {"eps": 0.05, "partial_mass": 0.8, "partial_target": kind}
+        shares[kind], plan = corrupted_grad_share(build_objective("mltm", options).double())
+        assert plan.sum().item() == pytest.approx(0.8, abs=1e-4)
+        assert 8 * plan[3].sum() < 0.5  # the plan leaves most of the corrupted caption untransported
+    # weighted targets stop pulling the dropped caption; the uniform target (the paper's) still asks for it
+    assert shares["row_mass"] < 0.5 * share_balanced and shares["diagonal"] < 0.5 * share_balanced
+    assert shares["uniform"] > 0.5 * share_balanced
+
+
+def partial_target_loss(plan, ids, kind):
+    """Explicit reference: KL(π̂ ‖ π) with π̂_ij = w_i / (B n_i) on the n_i entries of row i's clip,
+    w_i = 1 (uniform), B Σ_j π_ij (row_mass) or B Σ_{j same clip} π_ij (diagonal), capped at 1."""
+    b = len(ids)
+    total = 0.0
+    for i in range(b):
+        same = [j for j in range(b) if ids[j] == ids[i]]
+        if kind == "uniform":
+            w = 1.0
+        elif kind == "row_mass":
+            w = min(1.0, b * sum(float(plan[i, j]) for j in range(b)))
+        else:
+            w = min(1.0, b * sum(float(plan[i, j]) for j in same))
+        for j in same:
+            target = w / (b * len(same))
+            total += target * (math.log(target) - math.log(float(plan[i, j])))
+    return total
+
+
+@pytest.mark.parametrize("kind", ["uniform", "row_mass", "diagonal"])
+@pytest.mark.parametrize("ids", [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 1, 2, 3, 3, 3, 4]])
+def test_partial_targets_match_explicit_loops_over_the_plan(kind, ids):
+    a, t = unit(8, 6, 30), unit(8, 6, 31)
+    ids = torch.tensor(ids)
+    obj = build_objective("mltm", {"eps": 0.05, "partial_mass": 0.7, "partial_target": kind}).double()
+    out = obj(a, t, ids)
+    assert out.loss.item() == pytest.approx(partial_target_loss(out.plan, ids.tolist(), kind), rel=1e-10)
+    if kind == "uniform" and len(set(ids.tolist())) == 8:  # the paper's form: −(1/B) Σ log π_ii − log B
+        assert out.loss.item() == pytest.approx(float(-out.plan.diagonal().log().mean() - math.log(8)), rel=1e-10)
+
+
+def test_partial_targets_weight_rows_by_detached_masses():
+    """The weights are constants of the loss: its gradient w.r.t. the plan is −π̂/π, π̂ scaled by w."""
+    a, t = unit(8, 6, 32), unit(8, 6, 33)
+    ids = torch.arange(8)
+    grads = {}
+    for kind in ("uniform", "row_mass", "diagonal"):
+        tt = t.clone().requires_grad_(True)
+        obj = build_objective("mltm", {"eps": 0.05, "partial_mass": 0.7, "partial_target": kind}).double()
+        result = obj.plan(obj.ground_cost(tt, a))
+        plan = result.plan.detach().requires_grad_(True)
+        target = matching_target(ids, torch.float64)
+        if kind == "row_mass":
+            target = target * (8 * plan.detach().sum(1, keepdim=True)).clamp(max=1)
+        elif kind == "diagonal":
+            target = target * (8 * plan.detach().diagonal()[:, None]).clamp(max=1)
+        support = target > 0
+        loss = (target[support] * (target[support].log() - plan[support].log())).sum()
+        (grads[kind],) = torch.autograd.grad(loss, plan)
+        assert torch.allclose(grads[kind], -target / plan.detach(), atol=1e-12)
+    assert not torch.allclose(grads["diagonal"], grads["uniform"])
+
+
+def test_balanced_plan_ignores_the_partial_target():
+    a, t = unit(8, 6, 34), unit(8, 6, 35)
+    ids = torch.arange(8)
+    losses = [build_objective("mltm", {"eps": 0.05, "partial_target": kind}).double()(a, t, ids).loss.item()
+              for kind in ("uniform", "row_mass", "diagonal")]
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["diagonal", "full", "projected"])
@@ -119,6 +186,8 @@ def test_metric_options_are_validated():
         build_objective("mltm", {"metric": "full"})
     with pytest.raises(ValueError, match="partial_mass"):
         build_objective("mltm", {"partial_mass": 1.5})
+    with pytest.raises(ValueError, match="partial_target"):
+        build_objective("mltm", {"partial_target": "row"})
 
 
 def test_mltm_trains_saves_its_metric_and_ot_scoring_evaluates(tone_data, tmp_path, capsys):

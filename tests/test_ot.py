@@ -372,6 +372,7 @@ def test_clear_errors():
 # ---------------------------------------------------------------------------------------------- CUDA
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):

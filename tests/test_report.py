@@ -18,9 +18,10 @@ import torch
 from clarion.cli import build_parser, main
 from clarion.evaluate.geometry import modality_gap
 from clarion.report import plots
+from clarion.report.build import step_curves
 from clarion.report.collect import (
-    RunData, best_epoch_record, load_run, noise_curves, options_string, read_metrics, retrieval_summary, series,
-    unique_names, val_series,
+    RunData, band, best_epoch_record, group_curves, load_run, noise_curves, options_string, read_metrics,
+    retrieval_summary, run_groups, series, unique_names, val_series,
 )
 from clarion.report.embeddings import first_clips, pca_2d
 from clarion.report.html import Image, Section, Table, render_page
@@ -117,6 +118,64 @@ def test_compare_cells_group_by_their_label_across_per_noise_options():
     curves = noise_curves(runs)
     assert set(curves) == {"mltm_partial", "infonce"}
     assert curves["mltm_partial"]["t2a"] == [(0.0, 0.6), (0.4, 0.2)]
+
+
+def _seed_run(name, label, noise, seed, losses, objective="infonce+svr"):
+    steps = [{"type": "step", "step": i + 1, "loss": v} for i, v in enumerate(losses)]
+    test = {"t2a": {"R@1": 0.1 * (seed + 1)}, "a2t": {"R@1": 0.2}}
+    if label:
+        test["cell"] = {"label": label, "noise": noise, "seed": seed}
+    return RunData(Path(name), name, objective, {}, noise, steps=steps, test=test)
+
+
+def test_runs_of_one_grid_label_and_noise_are_one_group():
+    runs = [_seed_run("a0", "svr", 0.0, 0, [3, 2]), _seed_run("b0", "base", 0.0, 0, [3, 1]),
+            _seed_run("a1", "svr", 0.0, 1, [5, 4]), _seed_run("a4", "svr", 0.4, 0, [1, 1]),
+            _seed_run("loose", None, 0.0, 0, [2, 2]), _seed_run("svr · noise 0", None, 0.0, 0, [1, 1])]
+    groups = run_groups(runs)
+    assert list(groups) == ["svr · noise 0", "base · noise 0", "svr · noise 0.4", "loose", "svr · noise 0 (run)"]
+    assert [r.name for r in groups["svr · noise 0"]] == ["a0", "a1"]
+    assert [r.name for r in groups["loose"]] == ["loose"]  # no label: a line of its own
+    one_noise = run_groups([runs[0], runs[2], runs[4]])
+    assert list(one_noise) == ["svr", "loose"]  # one noise ratio among the labelled runs: the label alone
+
+
+def test_band_is_the_mean_and_sample_std_over_runs_at_each_step():
+    xs, mean, std = band([([1, 2, 3], [1.0, 2.0, 4.0]), ([1, 2], [3.0, 6.0]), ([2], [1.0])])
+    assert xs == [1, 2, 3]
+    assert mean == pytest.approx([2.0, 3.0, 4.0])
+    assert std == pytest.approx([float(np.std([1, 3], ddof=1)), float(np.std([2, 6, 1], ddof=1)), 0.0])
+
+
+def test_grouped_figure_draws_one_line_and_band_per_group_with_a_legend_that_fits():
+    runs = [_seed_run(f"{label}{seed}", label, 0.0, seed, [3 - seed, 2 + seed, 1]) for label in ("x", "y", "z") for seed in range(3)]
+    runs.append(_seed_run("single", None, 0.0, 0, [2, 2, 2]))
+    groups = run_groups(runs)
+    curves = step_curves(groups, "loss")
+    assert set(curves) == {"x", "y", "z", "single"}
+    assert curves["x"][1] == pytest.approx([2.0, 3.0, 1.0]) and curves["x"][2] == pytest.approx([1.0, 1.0, 0.0])
+    names = list(groups)
+    fig = plots.curves_figure([("loss", "loss", curves)], "step", plots.colours_for(names), linestyles=plots.linestyles_for(names))
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 4  # 10 runs, 4 lines
+    assert len(ax.collections) == 3  # a ±std band for each group of seeds, none for the single run
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == names
+    fig.canvas.draw()
+    box, frame = legend.get_window_extent(), fig.bbox
+    assert box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0  # inside the figure, not cut off
+    assert all(box.y1 <= a.get_window_extent().y0 + 1 for a in fig.axes if a.get_visible())  # below the axes
+
+
+def test_legend_of_many_lines_stays_inside_the_figure():
+    lines = {f"mltm_partial_target_diagonal · noise 0.{i}": ([0, 1], [i, i + 1]) for i in range(18)}
+    fig = plots.curves_figure([("a", "y", lines), ("b", "y", lines)], "step", plots.colours_for(list(lines)),
+                              linestyles=plots.linestyles_for(list(lines)))
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0
+    assert len(fig.legends[0].get_texts()) == 18
+    assert len(set(zip(plots.colours_for(list(lines)).values(), plots.linestyles_for(list(lines)).values()))) == 18
 
 
 def test_options_string_and_label():
@@ -256,11 +315,39 @@ def test_png_dir_holds_the_pages_figures_named_by_section(report):
 
 def test_report_table_describes_the_runs(report):
     table = _sections(report.read_text(encoding="utf-8"))["Runs"]
+    assert "<details>" in table  # runs without a grid label: no group table, the run list collapsed
     rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
     assert [c[:4] for c in cells] == [["svr", "infonce+svr", "–", "0.000"], ["mltm", "mltm", "–", "0.250"]]
     assert [c[7] for c in cells] == ["test", "val"]  # svr has test.json; mltm falls back to its best val epoch
     assert all(c[6] in ("1", "2") and 0 <= float(c[8]) <= 1 for c in cells)
+
+
+def test_report_of_grid_seeds_draws_groups_and_collapses_the_run_list(runs, tmp_path):
+    """Two seeds of one compare cell label and an unlabelled run: a group table, the runs in a
+    <details> element, no paragraph of paths."""
+    import json
+
+    seeds = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        shutil.copytree(runs[0], run)
+        test = json.loads((run / "test.json").read_text())
+        test["cell"] = {"label": "infonce+svr_sigmoid_dynamic", "noise": 0.0, "seed": seed}
+        (run / "test.json").write_text(json.dumps(test))
+        seeds.append(run)
+    out = tmp_path / "r.html"
+    assert main(["report", *map(str, seeds), str(runs[1]), "--out", str(out), "-q"]) == 0
+    page = out.read_text(encoding="utf-8")
+    runs_section = _sections(page)["Runs"]
+    assert "<details>" in runs_section and "<summary>all 3 run(s)</summary>" in runs_section
+    assert str(seeds[0]) in runs_section.split("<details>")[1]  # the paths are in the collapsed table
+    intro = page.split("<nav>")[0]
+    assert str(seeds[0]) not in intro and "3 run(s), 2 line(s)" in intro
+    group_rows = re.findall(r"<tr>(.*?)</tr>", runs_section.split("<details>")[0], re.S)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in group_rows]
+    assert [c[:2] for c in cells] == [["infonce+svr_sigmoid_dynamic", "2"], ["mltm", "1"]]
+    assert _images(_sections(page)["Training loss"])
 
 
 def test_report_without_data_leaves_sections_out_with_a_note(runs, tmp_path, capsys):

@@ -30,14 +30,18 @@ from ..config import ConfigError
 DEMO_RECIPE = [
     "data.pairs=one_per_clip", "data.num_workers=1", "train.batch_size=64", "train.lr=0.001", "train.warmup_steps=30",
 ]
+# SVR and partial OT spelled out with their defaults (bounded radius, α per side, the paper's
+# uniform target), so the preset keeps its meaning if a default changes.
+SVR_DEFAULTS = {"radius": "dynamic", "sides": "bi", "radius_bound": "sigmoid", "bi_reduce": "sum"}
 SYNTHETIC_OBJECTIVES = [
     {"label": "infonce", "name": "infonce"},
-    {"label": "infonce+svr", "name": "infonce+svr"},
+    {"label": "infonce+svr", "name": "infonce+svr", "options": dict(SVR_DEFAULTS)},
     {"label": "siglip", "name": "siglip"},
-    {"label": "siglip+svr", "name": "siglip+svr"},
+    {"label": "siglip+svr", "name": "siglip+svr", "options": dict(SVR_DEFAULTS)},
     {"label": "mltm", "name": "mltm", "options": {"metric": "euclidean"}},
     {"label": "mltm_projected", "name": "mltm", "options": {"metric": "projected"}},
-    {"label": "mltm_partial", "name": "mltm", "options": {"metric": "euclidean", "partial_mass": {0.0: 0.95, 0.4: 0.6}}},
+    {"label": "mltm_partial", "name": "mltm",
+     "options": {"metric": "euclidean", "partial_mass": {0.0: 0.95, 0.4: 0.6}, "partial_target": "uniform"}},
     {"label": "triplet_semihard", "name": "triplet", "options": {"sampling": "semihard"}},
     {"label": "triplet_hard", "name": "triplet", "options": {"sampling": "hard"}},
 ]

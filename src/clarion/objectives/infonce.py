@@ -10,7 +10,10 @@ Off-diagonal entries of the same clip (``g(i) = g(j)``) are removed from both de
 over {j : g(j) = g(i)} (as WavCaps does).
 
 With ``tile=T`` the logits are made T×T blocks at a time (``clarion.objectives.tiled``): the
-same loss and gradients in O(B·d + T²) memory instead of O(B²).
+same loss and gradients in O(B·d + T²) memory instead of O(B²). With ``kernel="fused"`` the
+Triton kernels of ``clarion.objectives.fused`` compute them (logits only in on-chip memory, the
+embeddings' own dtype with fp32 accumulation), falling back to the tiled path (``tile``, 4096
+by default) with one logged message where Triton or a CUDA device is missing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import blockwise_settings, fused_softmax_cross_entropy, fused_symmetric_cross_entropy, fused_usable
 from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
 from .tiled import tiled_softmax_cross_entropy, tiled_symmetric_cross_entropy
 
@@ -70,17 +74,20 @@ def symmetric_cross_entropy(logits: torch.Tensor, audio_ids: torch.Tensor, multi
 class InfoNCE(Objective):
     def __init__(
         self, init_temperature: float = 0.07, learn_temperature: bool = True, multi_positive: bool = False,
-        tile: int | None = None,
+        tile: int | None = None, kernel: str = "pytorch",
     ):
         super().__init__()
         self.temperature = LearnableTemperature(init_temperature, learn_temperature)
         self.multi_positive = multi_positive
-        self.tile = tile
+        self.fused, self.tile = blockwise_settings(kernel, tile)
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
         if self.tile:
             scale = self.temperature()
-            loss = tiled_symmetric_cross_entropy(at_least_fp32(a), at_least_fp32(t), scale, audio_ids, self.multi_positive, self.tile)
+            if self.fused and fused_usable(a):
+                loss = fused_symmetric_cross_entropy(a, t.to(a.dtype), scale, audio_ids, self.multi_positive, self.tile)
+            else:
+                loss = tiled_symmetric_cross_entropy(at_least_fp32(a), at_least_fp32(t), scale, audio_ids, self.multi_positive, self.tile)
             return ObjectiveOutput(loss, {"logit_scale": scale.detach()})
         return self.similarity_loss(at_least_fp32(a) @ at_least_fp32(t).T, audio_ids)
 
@@ -95,8 +102,15 @@ class InfoNCE(Objective):
     ) -> torch.Tensor:
         """The one-directional term with ``anchors`` [..., b, d] (batch rows ``rows``, all by default)
         against ``others`` [..., B, d], averaged over anchors and leading dims."""
-        anchors, others = at_least_fp32(anchors), at_least_fp32(others)
         scale = self.temperature()
+        if self.fused and fused_usable(anchors):
+            offset = range(len(audio_ids))[rows].start
+            terms = [
+                fused_softmax_cross_entropy(x, y.to(x.dtype), scale, audio_ids[rows], audio_ids, offset, self.multi_positive, self.tile)
+                for x, y in zip(anchors.reshape(-1, *anchors.shape[-2:]), others.reshape(-1, *others.shape[-2:]))
+            ]
+            return torch.stack(terms).mean()
+        anchors, others = at_least_fp32(anchors), at_least_fp32(others)
         if not self.tile:
             logits = scale * (anchors @ others.transpose(-1, -2))
             return one_sided_cross_entropy(logits, audio_ids, self.multi_positive, rows)

@@ -22,6 +22,8 @@ class ObjectiveOutput:
     loss: torch.Tensor  # scalar, fp32
     diagnostics: dict[str, float | torch.Tensor] = field(default_factory=dict)  # scalars; tensors stay on device
     plan: torch.Tensor | None = None  # [B, B] detached transport plan (text rows, audio columns), OT objectives only
+    # more diagnostics, computed only when called: the trainer calls it every train.drift_every steps
+    drift: Callable[[], dict[str, float | torch.Tensor]] | None = None
 
 
 def diagnostics_as_floats(diagnostics: dict[str, float | torch.Tensor]) -> dict[str, float]:

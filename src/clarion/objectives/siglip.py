@@ -6,7 +6,8 @@
 are positives of each other (``z = +1``), never negatives.
 
 With ``tile=T`` the logits are made T×T blocks at a time (``clarion.objectives.tiled``): the
-same loss and gradients in O(B·d + T²) memory instead of O(B²).
+same loss and gradients in O(B·d + T²) memory instead of O(B²). ``kernel="fused"``: the Triton
+kernels of ``clarion.objectives.fused``, with the tiled path as fallback (see ``infonce``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import blockwise_settings, fused_sigmoid_pairs, fused_usable
 from .registry import Objective, ObjectiveOutput, at_least_fp32, register, same_audio
 from .tiled import tiled_sigmoid_pairs
 
@@ -32,11 +34,11 @@ def sigmoid_pair_loss(logits: torch.Tensor, audio_ids: torch.Tensor, rows: slice
 
 @register("siglip")
 class SigLIP(Objective):
-    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, tile: int | None = None):
+    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, tile: int | None = None, kernel: str = "pytorch"):
         super().__init__()
         self.t_param = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-        self.tile = tile
+        self.fused, self.tile = blockwise_settings(kernel, tile)
 
     def forward(self, a: torch.Tensor, t: torch.Tensor, audio_ids: torch.Tensor) -> ObjectiveOutput:
         if self.tile:
@@ -56,8 +58,14 @@ class SigLIP(Objective):
     ) -> torch.Tensor:
         """The sigmoid loss with ``anchors`` [..., b, d] (batch rows ``rows``, all by default) in place of
         one modality against ``others`` [..., B, d]: the mean of the anchors' row sums, averaged over leading dims."""
-        anchors, others = at_least_fp32(anchors), at_least_fp32(others)
         scale = self.t_param.exp()
+        if self.fused and fused_usable(anchors):
+            terms = [
+                fused_sigmoid_pairs(x, y.to(x.dtype), scale, self.bias, audio_ids[rows], audio_ids, self.tile)
+                for x, y in zip(anchors.reshape(-1, *anchors.shape[-2:]), others.reshape(-1, *others.shape[-2:]))
+            ]
+            return torch.stack(terms).mean()
+        anchors, others = at_least_fp32(anchors), at_least_fp32(others)
         if not self.tile:
             return sigmoid_pair_loss(scale * (anchors @ others.transpose(-1, -2)) + self.bias, audio_ids, rows)
         terms = [

@@ -17,6 +17,7 @@ from ..rundir import RunError, load_run_config
 log = logging.getLogger("clarion.report")
 
 Series = tuple[list[float], list[float]]  # (x, y)
+Band = tuple[list[float], list[float], list[float]]  # (x, mean, std): a group's line and its ±std band
 KS = (1, 5, 10)
 
 
@@ -43,10 +44,15 @@ class RunData:
         """The noise-curve grouping key: the label of the ``clarion compare`` cell the run belongs to
         (its ``test.json`` ``cell``; one objective may have per-noise options there), else the
         objective name plus its options, e.g. ``mltm (partial_mass=0.9)``."""
+        return self.grid_label or objective_label(self.objective, self.options)
+
+    @property
+    def grid_label(self) -> str | None:
+        """The ``clarion compare`` cell label from ``test.json``, or None for a run outside a grid."""
         cell = (self.test or {}).get("cell")
         if isinstance(cell, dict) and isinstance(cell.get("label"), str) and cell["label"]:
             return cell["label"]
-        return objective_label(self.objective, self.options)
+        return None
 
     @property
     def best_epoch(self) -> dict[str, Any] | None:
@@ -233,3 +239,57 @@ def noise_curves(runs: list[RunData]) -> dict[str, dict[str, list[tuple[float, f
         label: {side: [(noise, sum(v) / len(v)) for noise, v in sorted(by_noise.items())] for side, by_noise in sides.items()}
         for label, sides in points.items()
     }
+
+
+def run_groups(runs: list[RunData]) -> dict[str, list[RunData]]:
+    """Runs by line of the report's figures, in first-seen order.
+
+    Runs that carry a grid label (``clarion compare`` cells) and share it and the noise ratio are
+    one group (its seeds): named by the label, plus ``· noise p`` when the labelled runs span
+    several noise ratios. Every other run is a group of its own under its run name.
+    """
+    labelled = [r for r in runs if r.grid_label is not None]
+    several_noises = len({r.noise_ratio for r in labelled}) > 1
+    groups: dict[str, list[RunData]] = {}
+    for run in runs:
+        if run.grid_label is None:
+            continue
+        name = f"{run.grid_label} · noise {run.noise_ratio:g}" if several_noises else run.grid_label
+        groups.setdefault(name, []).append(run)
+    out: dict[str, list[RunData]] = {}
+    for run in runs:
+        if run.grid_label is None:
+            name = run.name if run.name not in groups else f"{run.name} (run)"
+            out[name] = [run]
+        else:
+            name = next(n for n, members in groups.items() if run in members)
+            out.setdefault(name, groups[name])
+    return out
+
+
+def band(series_list: list[Series]) -> Band:
+    """Mean and standard deviation (n − 1 in the denominator; 0 for one value) over runs at each x
+    that any run has; a run missing an x does not count there."""
+    values: dict[float, list[float]] = {}
+    for xs, ys in series_list:
+        for x, y in zip(xs, ys):
+            values.setdefault(x, []).append(y)
+    xs = sorted(values)
+    means, stds = [], []
+    for x in xs:
+        v = values[x]
+        mean = sum(v) / len(v)
+        means.append(mean)
+        stds.append(math.sqrt(sum((y - mean) ** 2 for y in v) / (len(v) - 1)) if len(v) > 1 else 0.0)
+    return xs, means, stds
+
+
+def group_curves(groups: dict[str, list[RunData]], series_of) -> dict[str, Band]:
+    """Per group, the band of ``series_of(run)`` (a :data:`Series`) over its runs; groups where no
+    run has data are left out."""
+    out = {}
+    for name, members in groups.items():
+        found = [s for s in (series_of(run) for run in members) if s[0]]
+        if found:
+            out[name] = band(found)
+    return out

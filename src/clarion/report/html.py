@@ -20,6 +20,7 @@ th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; }
 footer { margin-top: 3rem; font-size: .8rem; color: #888; }
+details { margin: .6rem 0; } summary { cursor: pointer; color: #333; }
 """
 
 
@@ -38,8 +39,9 @@ class Table:
 
 @dataclass
 class Section:
-    """A report section: a heading, optional text, figures and a table. With ``note`` and nothing
-    else, the section stands for data that was not there (one line saying why)."""
+    """A report section: a heading, optional text, figures, a table and a collapsed table (a
+    ``<details>`` element opened by clicking ``details_summary``). With ``note`` and nothing else,
+    the section stands for data that was not there (one line saying why)."""
 
     title: str
     anchor: str
@@ -47,6 +49,8 @@ class Section:
     images: list[Image] = field(default_factory=list)
     table: Table | None = None
     note: str = ""
+    details: Table | None = None
+    details_summary: str = "details"
 
 
 def data_uri(png: bytes) -> str:
@@ -83,6 +87,8 @@ def render_section(section: Section) -> str:
         parts.append("</div>")
     if section.table is not None:
         parts.append(render_table(section.table))
+    if section.details is not None:
+        parts.append(f"<details>\n<summary>{html.escape(section.details_summary)}</summary>\n{render_table(section.details)}\n</details>")
     parts.append("</section>")
     return "\n".join(parts)
 

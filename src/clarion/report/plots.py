@@ -14,14 +14,41 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-Series = tuple[Sequence[float], Sequence[float]]
+Series = tuple[Sequence[float], Sequence[float]]  # (x, y), or (x, mean, std) for a group's line and ±std band
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+LINESTYLES = ["-", "--", ":", "-."]
 AUDIO_COLOUR, TEXT_COLOUR = "#1f77b4", "#d62728"
 
 
 def colours_for(names: Sequence[str]) -> dict[str, str]:
     """A fixed colour per name (the order given), so a run keeps its colour in every figure."""
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def linestyles_for(names: Sequence[str]) -> dict[str, str]:
+    """Solid for the first ten names, then dashed, dotted, dash-dot: with :func:`colours_for`, up to
+    40 lines that differ in colour or style."""
+    return {name: LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)] for i, name in enumerate(names)}
+
+
+def legend_layout(names: Sequence[str], width_in: float) -> tuple[int, int, float]:
+    """(columns, rows, font size) of a legend below the axes that fits ``width_in`` inches: font 8
+    up to 8 entries, else 7; as many columns as the longest name allows (at most 5)."""
+    fontsize = 8 if len(names) <= 8 else 7
+    longest = max((len(n) for n in names), default=1)
+    entry_in = 0.6 + longest * fontsize * 0.55 / 72  # handle + text at ≈ 0.55 em per character
+    columns = max(1, min(len(names), 5, int(width_in * 0.95 // entry_in)))
+    return columns, -(-len(names) // columns), fontsize
+
+
+def add_legend(fig: Figure, handles: Mapping[str, object], width_in: float) -> None:
+    """A legend of ``handles`` below the axes (outside them), sized by :func:`legend_layout`; the
+    figure grows by the legend's height so the axes keep theirs."""
+    if not handles:
+        return
+    columns, rows, fontsize = legend_layout(list(handles), width_in)
+    fig.set_figheight(fig.get_figheight() + rows * fontsize * 1.6 / 72 + 0.1)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=columns, fontsize=fontsize)
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -43,20 +70,28 @@ def curves_figure(
     columns: int = 2,
     marker: str | None = None,
     integer_x: bool = True,
+    linestyles: Mapping[str, str] | None = None,
 ) -> Figure:
-    """One axes per panel ``(title, ylabel, {line name: (x, y)})``, one line per name, a shared legend.
+    """One axes per panel ``(title, ylabel, {line name: series})``, one line per name, a shared
+    legend below the axes. A series is ``(x, y)``, or ``(x, mean, std)`` for a group of runs: the
+    mean line and a shaded ±std band.
 
     ``integer_x``: ticks at whole numbers only (steps, epochs)."""
-    colours = dict(colours or {})
+    colours, linestyles = dict(colours or {}), dict(linestyles or {})
     columns = max(1, min(columns, len(panels)))
     rows = -(-len(panels) // columns)
-    fig = new_figure(5.2 * columns, 3.4 * rows + 0.4)
+    width = 5.2 * columns
+    fig = new_figure(width, 3.4 * rows + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     handles: dict[str, object] = {}
     for ax, (title, ylabel, lines) in zip(axes, panels):
-        for name, (xs, ys) in lines.items():
-            (line,) = ax.plot(xs, ys, label=name, color=colours.get(name), linewidth=1.4,
-                              marker=marker or ("o" if len(xs) <= 12 else None), markersize=4)
+        for name, data in lines.items():
+            xs, ys = np.asarray(data[0], dtype=float), np.asarray(data[1], dtype=float)
+            (line,) = ax.plot(xs, ys, label=name, color=colours.get(name), linestyle=linestyles.get(name, "-"),
+                              linewidth=1.4, marker=marker or ("o" if len(xs) <= 12 else None), markersize=4)
+            if len(data) > 2 and np.any(np.asarray(data[2]) > 0):
+                std = np.asarray(data[2], dtype=float)
+                ax.fill_between(xs, ys - std, ys + std, color=line.get_color(), alpha=0.18, linewidth=0)
             handles.setdefault(name, line)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
@@ -68,8 +103,7 @@ def curves_figure(
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
+    add_legend(fig, handles, width)
     return fig
 
 
@@ -117,27 +151,38 @@ def heatmap_figure(
     return fig
 
 
-def recall_bars_figure(recalls: Mapping[str, Mapping[str, Mapping[str, float]]], colours: Mapping[str, str] | None = None) -> Figure:
-    """Grouped bars: for each of T2A / A2T R@1, R@5, R@10 one bar per run (in %).
+def recall_bars_figure(
+    recalls: Mapping[str, Mapping[str, Mapping[str, float]]],
+    colours: Mapping[str, str] | None = None,
+    errors: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+) -> Figure:
+    """Grouped bars: for each of T2A / A2T R@1, R@5, R@10 one bar per run or group (in %).
 
-    ``recalls`` is ``{run: {"t2a": {"R@1": .., ...}, "a2t": {...}}}`` (fractions).
+    ``recalls`` is ``{name: {"t2a": {"R@1": .., ...}, "a2t": {...}}}`` (fractions); ``errors`` the
+    same layout with standard deviations over a group's runs, drawn as error bars.
     """
     groups = [(side, k) for side in ("t2a", "a2t") for k in ("R@1", "R@5", "R@10")]
     names = list(recalls)
-    colours = dict(colours or {})
-    fig = new_figure(max(6.0, 1.2 * len(groups) * max(1, len(names)) * 0.35 + 2), 4.0)
+    colours, errors = dict(colours or {}), dict(errors or {})
+    width_in = min(16.0, max(6.0, 1.2 * len(groups) * max(1, len(names)) * 0.35 + 2))
+    fig = new_figure(width_in, 4.0)
     ax = fig.subplots()
     width = 0.8 / max(1, len(names))
     x = np.arange(len(groups))
+    handles = {}
     for i, name in enumerate(names):
         values = [100 * recalls[name].get(side, {}).get(k, np.nan) for side, k in groups]
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=name, color=colours.get(name))
-        ax.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
+        spread = [100 * errors.get(name, {}).get(side, {}).get(k, 0.0) for side, k in groups] if name in errors else None
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=name, color=colours.get(name), yerr=spread,
+                      error_kw={"elinewidth": 0.8, "capsize": 1.5})
+        handles[name] = bars
+        if len(names) <= 12:
+            ax.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
     ax.set_xticks(x, [f"{side.upper()} {k}" for side, k in groups])
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=min(4, max(1, len(names))), fontsize=8)
+    add_legend(fig, handles, width_in)
     return fig
 
 
