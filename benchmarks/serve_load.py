@@ -46,7 +46,7 @@ def build_small_index(tmp: Path, clips: int) -> Path:
 
     from clarion.config import load_config
     from clarion.data.manifest import read_manifest
-    from clarion.data.synth import generate
+    from clarion.synth.generate import generate
     from clarion.models import build_model, train_tokenizer
     from clarion.rundir import build_run_objective, save_model
     from clarion.serve.index import build_index

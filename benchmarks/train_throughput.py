@@ -24,7 +24,8 @@ from clarion.config import load_config
 from clarion.data.manifest import read_manifest
 from clarion.evaluate.embed import embed_captions, embed_clips
 from clarion.rundir import load_model
-from clarion.train.loop import resolve_device, train
+from clarion.runtime import resolve_device
+from clarion.train.loop import train
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
         tmp = Path(tmp)
         data = args.data
         if data is None:
-            from clarion.data.synth import generate
+            from clarion.synth.generate import generate
 
             data = tmp / "synth"
             generate(data, n_train=args.clips, n_val=max(args.clips // 4, 2), n_test=8, seed=0)

@@ -14,7 +14,7 @@ import torch
 import clarion
 from clarion.api import ClarionModel, load
 from clarion.cli import main
-from clarion.data.audio import AudioError
+from clarion.audio import AudioError
 from clarion.data.manifest import read_manifest
 from clarion.evaluate.embed import embed_captions, embed_clips
 from clarion.evaluate.zeroshot import class_embeddings, evaluate_zeroshot

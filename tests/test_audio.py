@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 from data_fixtures import sine, write_empty_wav, write_junk, write_nan_wav, write_sine
 
-from clarion.data.audio import AudioError, ClipCache, LogMel, fit_length, read_audio
+from clarion.audio import AudioError, ClipCache, LogMel, fit_length, read_audio
 
 SR = 16000
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from clarion.config import load_config
 from clarion.evaluate.geometry import collapse_diagnostics, effective_rank, mean_pairwise_cosine
 from clarion.models.dual import DualEncoder
-from clarion.train.collapse import CollapseMonitor
+from clarion.train.probes import CollapseMonitor
 from clarion.train.loop import train
 
 from conftest import TINY

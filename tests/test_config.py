@@ -54,12 +54,44 @@ def test_unknown_key_in_yaml_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads_and_builds_its_objective(recipe):
+    from clarion.models import load_model_config
+    from clarion.objectives import Objective
     from clarion.rundir import build_run_objective
 
-    from clarion.objectives import Objective
-
-    cfg = load_config(recipe)
+    cfg = load_model_config(recipe)
     assert isinstance(build_run_objective(cfg), Objective)
     assert cfg.train.epochs > 0 and cfg.model.embed_dim > 0
     if cfg.model.audio_encoder.startswith("panns"):
         assert cfg.audio.sample_rate == 32000  # follows the encoder
+
+
+def test_load_config_is_pure_and_the_model_layer_resolves_the_rate():
+    """The config layer knows no encoder: ``load_config`` keeps the rate as written, and
+    ``clarion.models.load_model_config`` makes it follow the audio encoder."""
+    from clarion.models import load_model_config
+
+    assert load_config(None, ["model.audio_encoder=panns-cnn14"]).audio.sample_rate == 16000
+    assert load_model_config(None, ["model.audio_encoder=panns-cnn14"]).audio.sample_rate == 32000
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("data.on_bad_sample", "skp", "skip or fail"),
+    ("data.pairs", "some", "all or one_per_clip"),
+    ("data.validate", "always", "off, warn or fail"),
+    ("model.text_pooling", "max", "mean or cls"),
+])
+def test_enum_like_values_are_checked_once_when_the_tree_is_built(key, value, expected):
+    with pytest.raises(ConfigError, match=f"{key}: '{value}' is out of range; expected {expected}"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_ranges_are_declared_with_their_fields():
+    import dataclasses
+
+    from clarion.config import AudioConfig, TrainConfig
+
+    checks = {f.name: f.metadata for f in dataclasses.fields(TrainConfig) if "check" in f.metadata}
+    assert checks["batch_size"]["valid"] == "positive" and not checks["batch_size"]["check"](0)
+    assert "sample_rate" in {f.name for f in dataclasses.fields(AudioConfig) if "check" in f.metadata}
+    with pytest.raises(ConfigError, match="train.batch_size: 0 is out of range; expected positive"):
+        load_config(None, ["train.batch_size=0"])

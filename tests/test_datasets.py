@@ -13,8 +13,10 @@ from dataset_layouts import (
 )
 from data_fixtures import write_sine
 
-from clarion.data.datasets import DatasetSpec, audiocaps_stems, dataset_splits, parse_spec
-from clarion.data.manifest import BadSampleError, ManifestError, read_manifest, write_manifest
+from clarion.data.open import open_source
+from clarion.data.sources import DatasetSpec, dataset_splits, parse_spec
+from clarion.data.sources.audiocaps import audiocaps_stems
+from clarion.data.manifest import BadSampleError, ManifestError, write_manifest
 
 
 # --- spec parsing --------------------------------------------------------------------------
@@ -33,7 +35,7 @@ def test_parse_spec(tmp_path):
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     with pytest.raises(ManifestError) as info:
-        read_manifest(f"clothoo:{tmp_path}@development")
+        open_source(f"clothoo:{tmp_path}@development")
     message = str(info.value)
     assert "unknown dataset 'clothoo'" in message
     assert "audiocaps, clotho, esc50, us8k (urbansound8k), wavcaps" in message
@@ -47,7 +49,7 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path):
 ])
 def test_unknown_split_lists_the_valid_ones(tmp_path, spec, valid):
     with pytest.raises(ManifestError, match="unknown split") as info:
-        read_manifest(spec.format(tmp_path))
+        open_source(spec.format(tmp_path))
     assert valid in str(info.value)
 
 
@@ -55,14 +57,14 @@ def test_existing_file_is_always_a_manifest(tmp_path, monkeypatch):
     write_sine(tmp_path / "a.wav", seconds=0.1)
     write_manifest(tmp_path / "clotho:x.csv", [{"audio": "a.wav", "caption": "a tone"}])
     monkeypatch.chdir(tmp_path)
-    assert read_manifest("clotho:x.csv").captions == ["a tone"]
+    assert open_source("clotho:x.csv").captions == ["a tone"]
 
 
 def test_missing_dataset_folder(tmp_path):
     with pytest.raises(ManifestError, match=f"clotho: dataset not found: {tmp_path / 'nope'}"):
-        read_manifest(f"clotho:{tmp_path / 'nope'}@development")
+        open_source(f"clotho:{tmp_path / 'nope'}@development")
     with pytest.raises(ManifestError, match="no metadata found .* expected meta/esc50.csv"):
-        read_manifest(f"esc50:{tmp_path}")
+        open_source(f"esc50:{tmp_path}")
 
 
 # --- Clotho --------------------------------------------------------------------------------
@@ -71,7 +73,7 @@ def test_missing_dataset_folder(tmp_path):
 @pytest.mark.parametrize("folder", ["{split}", "clotho_audio_{split}", "audio/{split}"])
 def test_clotho_rows_captions_and_folders(tmp_path, folder):
     root = make_clotho(tmp_path / "clotho", folder=folder)
-    m = read_manifest(f"clotho:{root}@development")
+    m = open_source(f"clotho:{root}@development")
     assert m.path == root / "clotho_captions_development.csv"
     assert len(m) == 20 and len(m.clips) == 4 and m.bad == []
     assert m.clips == [root / folder.format(split="development") / f"development sound, number {i}.wav" for i in range(4)]
@@ -79,18 +81,18 @@ def test_clotho_rows_captions_and_folders(tmp_path, folder):
     assert m.captions[:6] == [f"development clip 0 caption {k}" for k in range(1, 6)] + ["development clip 1 caption 1"]
     assert [r.line for r in m.rows[::5]] == [2, 3, 4, 5]
     assert all(r.label is None and r.fold is None and r.lang is None for r in m.rows)
-    same = read_manifest(f"clotho:{root}@train")
+    same = open_source(f"clotho:{root}@train")
     assert same.rows == m.rows
-    assert read_manifest(f"clotho:{root}@val").captions[0] == "validation clip 0 caption 1"
+    assert open_source(f"clotho:{root}@val").captions[0] == "validation clip 0 caption 1"
 
 
 def test_clotho_split_errors(tmp_path):
     root = make_clotho(tmp_path / "clotho")
     with pytest.raises(ManifestError) as info:
-        read_manifest(f"clotho:{root}@evaluation")
+        open_source(f"clotho:{root}@evaluation")
     assert "split 'evaluation' not found" in str(info.value) and "splits found: development, validation" in str(info.value)
     with pytest.raises(ManifestError, match="clotho needs a split.*development, validation \\(found\\)"):
-        read_manifest(f"clotho:{root}")
+        open_source(f"clotho:{root}")
     assert dataset_splits(f"clotho:{root}") == ["development", "validation"]
 
 
@@ -99,7 +101,7 @@ def test_clotho_wrong_columns_name_the_file_and_the_columns(tmp_path):
     write_sine(root / "development" / "a.wav", seconds=0.1)
     (root / "clotho_captions_development.csv").write_text("file,caption\na.wav,a tone\n")
     with pytest.raises(ManifestError) as info:
-        read_manifest(f"clotho:{root}@development")
+        open_source(f"clotho:{root}@development")
     message = str(info.value)
     assert str(root / "clotho_captions_development.csv") in message
     assert "missing required column(s) file_name, caption_1" in message
@@ -111,7 +113,7 @@ def test_clotho_without_audio_folder(tmp_path):
     root.mkdir()
     (root / "clotho_captions_validation.csv").write_text("file_name,caption_1\na.wav,a tone\n")
     with pytest.raises(ManifestError, match="no audio folder .* validation/, clotho_audio_validation/, audio/validation/"):
-        read_manifest(f"clotho:{root}@validation")
+        open_source(f"clotho:{root}@validation")
 
 
 def test_clotho_bad_rows_follow_the_policy(tmp_path):
@@ -120,12 +122,12 @@ def test_clotho_bad_rows_follow_the_policy(tmp_path):
     path.write_text(path.read_text() + "gone.wav,a,b,c,d,e\n")
     text = path.read_text().replace("development clip 1 caption 3", "")
     path.write_text(text)
-    m = read_manifest(f"clotho:{root}@development")
+    m = open_source(f"clotho:{root}@development")
     assert len(m) == 9 and len(m.bad) == 6
     assert m.summary() == "9 rows, 2 clips, 6 bad rows skipped: 5 missing file, 1 empty caption"
     assert {(b.manifest, b.line) for b in m.bad} == {(path, 3), (path, 4)}
     with pytest.raises(BadSampleError, match="clotho_captions_development.csv:3: empty caption"):
-        read_manifest(f"clotho:{root}@development", on_bad_sample="fail")
+        open_source(f"clotho:{root}@development", on_bad_sample="fail")
 
 
 # --- AudioCaps -----------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def test_clotho_bad_rows_follow_the_policy(tmp_path):
 def test_audiocaps_file_naming_variants(tmp_path, audio):
     # a YouTube id may hold "-" and "_"; the clip starts at 30 s
     root = make_audiocaps(tmp_path / "ac", "train", [("abc-_12", 30, audio)])
-    m = read_manifest(f"audiocaps:{root}@train")
+    m = open_source(f"audiocaps:{root}@train")
     assert m.clips == [root / audio] and m.captions == ["clip abc-_12 caption 0"] and m.bad == []
 
 
@@ -161,7 +163,7 @@ def test_audiocaps_groups_captions_and_counts_missing_clips(tmp_path, caplog):
     for policy in ("skip", "fail"):  # missing clips are expected: skipped under both policies
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="clarion.data"):
-            m = read_manifest(f"audiocaps:{root}@test", on_bad_sample=policy)
+            m = open_source(f"audiocaps:{root}@test", on_bad_sample=policy)
         assert m.path == root / "dataset" / "test.csv"
         assert len(m) == 15 and len(m.clips) == 3
         np.testing.assert_array_equal(m.audio_ids, np.repeat(np.arange(3), 5))
@@ -177,16 +179,16 @@ def test_audiocaps_other_bad_rows_follow_the_policy(tmp_path):
     (root / "audio" / "val" / "c3.wav").write_bytes(b"not audio at all" * 100)
     with open(root / "val.csv", "a") as f:
         f.write("9,c3,0,junk clip\n")
-    assert [b.reason.split(" (")[0] for b in read_manifest(f"audiocaps:{root}@val").bad] == [
+    assert [b.reason.split(" (")[0] for b in open_source(f"audiocaps:{root}@val").bad] == [
         "missing clip", "unreadable audio"]
     with pytest.raises(BadSampleError, match="val.csv:4: unreadable audio"):
-        read_manifest(f"audiocaps:{root}@val", on_bad_sample="fail")
+        open_source(f"audiocaps:{root}@val", on_bad_sample="fail")
 
 
 def test_audiocaps_nothing_downloaded(tmp_path):
     root = make_audiocaps(tmp_path / "ac", "train", [("a1", 0, None), ("b2", 0, None)])
     with pytest.raises(ManifestError, match="no usable rows .*none of its 2 clips found in .*audio/train/"):
-        read_manifest(f"audiocaps:{root}@train")
+        open_source(f"audiocaps:{root}@train")
 
 
 def test_audiocaps_wrong_columns(tmp_path):
@@ -194,7 +196,7 @@ def test_audiocaps_wrong_columns(tmp_path):
     root.mkdir()
     (root / "train.csv").write_text("youtube_id,caption\nabc,x\n")
     with pytest.raises(ManifestError) as info:
-        read_manifest(f"audiocaps:{root}@train")
+        open_source(f"audiocaps:{root}@train")
     assert str(root / "train.csv") in str(info.value)
     assert "missing required column(s) audiocap_id, start_time" in str(info.value)
 
@@ -204,23 +206,23 @@ def test_audiocaps_wrong_columns(tmp_path):
 
 def test_esc50_labels_folds_captions(tmp_path):
     root = make_esc50(tmp_path / "ESC-50-master", per_fold=2)
-    m = read_manifest(f"esc50:{root}")
+    m = open_source(f"esc50:{root}")
     assert m.path == root / "meta" / "esc50.csv"
     assert len(m) == 30 and len(m.clips) == 30
     assert m.labels[:6] == ["dog", "dog", "chirping_birds", "chirping_birds", "door_wood_knock", "door_wood_knock"]
     assert m.captions[2] == "This is a sound of chirping birds."
     assert m.folds == [str(f) for f in range(1, 6) for _ in range(6)]
     assert m.clips[0] == root / "audio" / "1-100-A-0.wav"
-    fold2 = read_manifest(f"esc50:{root}@fold2")
+    fold2 = open_source(f"esc50:{root}@fold2")
     assert set(fold2.folds) == {"2"} and len(fold2) == 6 and sorted(set(fold2.labels)) == sorted(ESC50_CLASSES)
-    assert read_manifest(f"esc50:{root}@2").rows == fold2.rows
+    assert open_source(f"esc50:{root}@2").rows == fold2.rows
     assert dataset_splits(f"esc50:{root}") == [f"fold{k}" for k in range(1, 6)]
 
 
 def test_esc50_missing_fold(tmp_path):
     root = make_esc50(tmp_path / "esc", folds=3)
     with pytest.raises(ManifestError, match="split 'fold4' not found .* splits found: fold1, fold2, fold3"):
-        read_manifest(f"esc50:{root}@fold4")
+        open_source(f"esc50:{root}@fold4")
 
 
 def test_esc50_wrong_columns(tmp_path):
@@ -228,19 +230,19 @@ def test_esc50_wrong_columns(tmp_path):
     (root / "meta").mkdir(parents=True)
     (root / "meta" / "esc50.csv").write_text("filename,target\n1-1-A-0.wav,0\n")
     with pytest.raises(ManifestError, match="esc50.csv: missing required column\\(s\\) fold, category"):
-        read_manifest(f"esc50:{root}")
+        open_source(f"esc50:{root}")
 
 
 @pytest.mark.parametrize("name", ["us8k", "urbansound8k", "UrbanSound8K"])
 def test_us8k(tmp_path, name):
     root = make_us8k(tmp_path / "UrbanSound8K")
-    m = read_manifest(f"{name}:{root}")
+    m = open_source(f"{name}:{root}")
     assert len(m) == 6
     assert m.labels == ["dog_bark", "street_music"] * 3
     assert m.captions[:2] == ["This is a sound of dog bark.", "This is a sound of street music."]
     assert m.folds == ["1", "1", "2", "2", "3", "3"]
     assert m.clips[2] == root / "audio" / "fold2" / "102-0-0-2.wav"
-    assert read_manifest(f"{name}:{root}@fold3").folds == ["3", "3"]
+    assert open_source(f"{name}:{root}@fold3").folds == ["3", "3"]
 
 
 # --- WavCaps -------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_wavcaps_audio_field_and_id_resolution(tmp_path):
         {"id": "gone", "caption": "never downloaded", "duration": 1},
     ]
     path = write_wavcaps_json(root / "sb_final.json", items)
-    m = read_manifest(f"wavcaps:{path}")
+    m = open_source(f"wavcaps:{path}")
     assert m.path == path
     assert m.clips == [root / "clips" / "one.wav", root / "audio" / "Yabc.flac", root / "sb_final" / "42.ogg"]
     assert m.captions == ["a first sound", "an AudioSet clip", "a SoundBible clip"]
@@ -273,16 +275,16 @@ def test_wavcaps_folder_of_json_files(tmp_path):
         write_wavcaps_json(root / stem / f"{stem}.json", [{"id": str(i), "caption": f"caption {i}"}])
     (root / "blacklist").mkdir()
     (root / "blacklist" / "blacklist_exclude_all_ac.json").write_text(json.dumps({"AudioSet": [], "FreeSound": []}))
-    m = read_manifest(f"wavcaps:{root}")
+    m = open_source(f"wavcaps:{root}")
     assert m.path == root and m.captions == ["caption 0", "caption 1"]
     assert dataset_splits(f"wavcaps:{root}") == ["as_final", "fsd_final"]
-    one = read_manifest(f"wavcaps:{root}@fsd_final")
+    one = open_source(f"wavcaps:{root}@fsd_final")
     assert one.path == root / "fsd_final" / "fsd_final.json" and one.captions == ["caption 1"]
     with pytest.raises(ManifestError, match='expected a WavCaps JSON object {"data": \\[...\\]}; found: AudioSet, FreeSound'):
-        read_manifest(f"wavcaps:{root / 'blacklist' / 'blacklist_exclude_all_ac.json'}")
+        open_source(f"wavcaps:{root / 'blacklist' / 'blacklist_exclude_all_ac.json'}")
     (root / "fsd_final" / "fsd_final.json").write_text(json.dumps({"data": {"id": "0"}}))
     with pytest.raises(ManifestError, match="fsd_final.json: expected a WavCaps JSON object"):
-        read_manifest(f"wavcaps:{root}")
+        open_source(f"wavcaps:{root}")
 
 
 # --- through the command line --------------------------------------------------------------

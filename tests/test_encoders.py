@@ -18,8 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from clarion.config import Config, ConfigError, load_config
-from clarion.models import build_model, train_tokenizer
+from clarion.config import Config, ConfigError
+from clarion.models import build_model, load_model_config, train_tokenizer
 from clarion.models.panns import (
     Cnn14,
     PannsCheckpointError,
@@ -150,10 +150,10 @@ def test_hf_text_strict_loading_and_offline_errors(bert_dir, tmp_path):
 
 
 def test_hf_ast_sets_sample_rate_and_round_trips(ast_dir, tmp_path):
-    cfg = load_config(None, [*TINY, "model.audio_encoder=hf", f"model.audio_pretrained={ast_dir}"])
+    cfg = load_model_config(None, [*TINY, "model.audio_encoder=hf", f"model.audio_pretrained={ast_dir}"])
     assert cfg.audio.sample_rate == 8000  # from the feature extractor
     with pytest.raises(ConfigError, match="8000"):
-        load_config(None, ["model.audio_encoder=hf", f"model.audio_pretrained={ast_dir}", "audio.sample_rate=16000"])
+        load_model_config(None, ["model.audio_encoder=hf", f"model.audio_pretrained={ast_dir}", "audio.sample_rate=16000"])
     tokenizer = train_tokenizer(CAPTIONS, 100)
     model = build_model(cfg, tokenizer).eval()
     assert model.audio_encoder.sample_rate == 8000 and model.audio_encoder.output_dim == 32
@@ -179,7 +179,7 @@ def test_hf_ast_sets_sample_rate_and_round_trips(ast_dir, tmp_path):
 
 
 def test_hf_clap_audio_tower_from_full_checkpoint(clap_dir, tmp_path):
-    cfg = load_config(None, [*TINY, "model.audio_encoder=hf", f"model.audio_pretrained={clap_dir}"])
+    cfg = load_model_config(None, [*TINY, "model.audio_encoder=hf", f"model.audio_pretrained={clap_dir}"])
     assert cfg.audio.sample_rate == 16000
     tokenizer = train_tokenizer(CAPTIONS, 100)
     model = build_model(cfg, tokenizer).eval()
@@ -333,15 +333,15 @@ def test_panns_tiny_forward(cls):
 
 
 def test_panns_config_sets_32k_and_rejects_contradiction(tmp_path):
-    assert load_config(None, ["model.audio_encoder=panns-cnn14"]).audio.sample_rate == 32000
-    assert load_config(None, ["model.audio_encoder=panns-resnet38", "audio.sample_rate=32000"]).audio.sample_rate == 32000
-    assert load_config(None, []).audio.sample_rate == 16000  # the default encoder is unchanged
+    assert load_model_config(None, ["model.audio_encoder=panns-cnn14"]).audio.sample_rate == 32000
+    assert load_model_config(None, ["model.audio_encoder=panns-resnet38", "audio.sample_rate=32000"]).audio.sample_rate == 32000
+    assert load_model_config(None, []).audio.sample_rate == 16000  # the default encoder is unchanged
     with pytest.raises(ConfigError, match="32000"):
-        load_config(None, ["model.audio_encoder=panns-cnn14", "audio.sample_rate=16000"])
+        load_model_config(None, ["model.audio_encoder=panns-cnn14", "audio.sample_rate=16000"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"audio": {"sample_rate": 16000}}))
     with pytest.raises(ConfigError, match="contradicts"):
-        load_config(recipe, ["model.audio_encoder=panns-cnn14"])
+        load_model_config(recipe, ["model.audio_encoder=panns-cnn14"])
     cfg = Config()
     cfg.model.audio_encoder, cfg.model.panns_width = "panns-cnn14", 4
     with pytest.raises(ConfigError, match="32000 Hz"):  # a tree built without load_config is checked too
@@ -353,7 +353,7 @@ def test_panns_config_sets_32k_and_rejects_contradiction(tmp_path):
 
 
 def test_freezing_and_encoder_learning_rate():
-    cfg = load_config(None, [*TINY, "model.freeze_audio=true", "train.encoder_lr=0.0001"])
+    cfg = load_model_config(None, [*TINY, "model.freeze_audio=true", "train.encoder_lr=0.0001"])
     model = build_model(cfg, train_tokenizer(CAPTIONS, 100))
     objective = build_run_objective(cfg)
     optimizer = build_optimizer(cfg, model, objective)
@@ -382,7 +382,7 @@ def test_freezing_and_encoder_learning_rate():
 
 
 def test_default_optimizer_groups_unchanged():
-    cfg = load_config(None, TINY)
+    cfg = load_model_config(None, TINY)
     model = build_model(cfg, train_tokenizer(CAPTIONS, 100))
     objective = build_run_objective(cfg)
     groups = build_optimizer(cfg, model, objective).param_groups
@@ -403,7 +403,7 @@ def test_train_save_load_with_hf_text_and_panns_audio(bert_dir, tone_data, tmp_p
     source = tmp_path / "bert"
     shutil.copytree(bert_dir, source)
     run = tmp_path / "run"
-    cfg = load_config(None, [
+    cfg = load_model_config(None, [
         *TINY, f"data.train={tone_data['train']}", f"data.val={tone_data['val']}", "train.batch_size=16",
         "train.epochs=2", "model.text_encoder=hf", f"model.text_pretrained={source}", "model.text_pooling=cls",
         "model.audio_encoder=panns-cnn14", "model.panns_width=4", "train.encoder_lr=0.001",

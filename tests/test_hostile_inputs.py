@@ -25,9 +25,10 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clarion.data.audio import AudioError, decode_audio, read_audio
+from clarion.audio import AudioError, decode_audio, read_audio
 from clarion.data.check import check_data, inspect_clip, write_problems
 from clarion.data.manifest import ManifestError, csv_safe, read_manifest, write_manifest
+from clarion.data.open import open_source
 
 SR = 16000
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
@@ -328,7 +329,7 @@ def test_random_metadata_in_dataset_layouts(tmp_path, name, data):
     (root / "development").mkdir(exist_ok=True)
     split = {"clotho": "@development", "audiocaps": "@train"}.get(name, "")
     try:
-        read_manifest(f"{name}:{root}{split}")
+        open_source(f"{name}:{root}{split}")
     except ManifestError as e:
         assert name in str(e) or str(root) in str(e)
 
@@ -336,4 +337,4 @@ def test_random_metadata_in_dataset_layouts(tmp_path, name, data):
 def test_wavcaps_deeply_nested_json_is_a_clear_error(tmp_path):
     (tmp_path / "x.json").write_bytes(b'{"data": ' + b"[" * 100_000)
     with pytest.raises(ManifestError, match="nested too deeply"):
-        read_manifest(f"wavcaps:{tmp_path / 'x.json'}")
+        open_source(f"wavcaps:{tmp_path / 'x.json'}")

@@ -14,7 +14,7 @@ import torch
 
 from clarion.api import ClarionModel, load
 from clarion.cli import main
-from clarion.data.audio import AudioError
+from clarion.audio import AudioError
 from clarion.rundir import RunError
 from clarion.serve.index import Hit, ModelMismatchError, SearchIndex, SearchIndexError, build_index, top_k
 

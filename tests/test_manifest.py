@@ -188,9 +188,12 @@ def test_structural_errors(data_dir):
 
 
 def test_unknown_policy(data_dir):
+    """The policy is checked once, where every command opens its data (open_source)."""
+    from clarion.data.open import open_source
+
     write_manifest(data_dir / "m.csv", [{"audio": "clips/a.wav", "caption": "x"}])
     with pytest.raises(ValueError, match="on_bad_sample"):
-        read_manifest(data_dir / "m.csv", on_bad_sample="ignore")
+        open_source(data_dir / "m.csv", on_bad_sample="ignore")
 
 
 def test_all_rows_bad(data_dir):

@@ -16,7 +16,7 @@ def random_batch(b=6, d=8, seed=0, ids=None):
 
 
 def infonce_loop(a, t, ids, scale):
-    """Explicit per-anchor reference of METHODS.md §1 (same-clip captions removed from denominators)."""
+    """Explicit per-anchor reference of docs/methods.md §1 (same-clip captions removed from denominators)."""
     b = len(ids)
     s = scale * a @ t.T
     total = 0.0

@@ -354,7 +354,7 @@ def _trainer(synth: Path, tmp_path: Path, *extra: str):
 
 
 def _batch(trainer, rows: list[int]) -> dict:
-    from clarion.data.dataset import collate
+    from clarion.data.loaders import collate
 
     return collate([trainer.dataset[i] for i in rows])
 

@@ -15,18 +15,14 @@ import soundfile as sf
 
 from clarion.cli import main
 from clarion.config import load_config
-from clarion.data import shards as shards_mod
-from clarion.data.datasets import dataset_splits, parse_spec
-from clarion.data.manifest import BadSampleError, ManifestError, read_manifest
-from clarion.data.shards import (
-    ShardError,
-    ShardStream,
-    delivery_order,
-    open_shards,
-    stream_for,
-    tar_size,
-    write_shards,
-)
+from clarion.data.open import open_source
+from clarion.data.shards import writer as shards_mod
+from clarion.data.sources import dataset_splits, parse_spec
+from clarion.data.records import BadSampleError, ManifestError
+from clarion.data.shards.format import ShardError, tar_size
+from clarion.data.shards.reader import open_shards
+from clarion.data.shards.stream import ShardStream, delivery_order, stream_for
+from clarion.data.shards.writer import write_shards
 from clarion.rundir import sha256
 
 from conftest import TINY, write_tone_split
@@ -70,7 +66,7 @@ def tar_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
 def test_written_shards_layout_index_and_skipped_clips(tmp_path):
     manifest_path = manifest_with_bad_clips(tmp_path / "data")
     index = write_shards(manifest_path, tmp_path / "out", max_samples_per_shard=5)
-    source = read_manifest(manifest_path)
+    source = open_source(manifest_path)
     expected = {clip: caps for clip, caps in captions_by_clip(source).items() if not clip.endswith("nan.wav")}
 
     assert index["total_samples"] == 12 and index["total_captions"] == 24
@@ -157,10 +153,10 @@ def test_interrupted_write_leaves_no_torn_shard(tmp_path, monkeypatch):
 
 def test_read_back_as_manifest_through_the_spec(tmp_path, shard_cache):
     manifest_path = manifest_with_bad_clips(tmp_path / "data")
-    source = read_manifest(manifest_path)
+    source = open_source(manifest_path)
     write_shards(manifest_path, tmp_path / "corpus" / "train", max_samples_per_shard=5)
     for spec in (f"webdataset:{tmp_path}/corpus/train", f"wds:{tmp_path}/corpus@train"):
-        read = read_manifest(spec)
+        read = open_source(spec)
         assert [r.caption for r in read.rows] == [r.caption for r in source.rows if not str(r.audio).endswith("nan.wav")]
         assert read.labels == [lab for clip, lab in zip(source.clips, source.labels) if not str(clip).endswith("nan.wav")]
         assert len(read.clips) == 12 and read.path.name == "shards.json"
@@ -170,9 +166,9 @@ def test_read_back_as_manifest_through_the_spec(tmp_path, shard_cache):
     assert dataset_splits(f"webdataset:{tmp_path}/corpus") == ["train"]
     assert parse_spec(f"wds:{tmp_path}/corpus").name == "webdataset"
     with pytest.raises(ManifestError, match="name a split.*train"):
-        read_manifest(f"webdataset:{tmp_path}/corpus")
+        open_source(f"webdataset:{tmp_path}/corpus")
     with pytest.raises(ManifestError, match="not found"):
-        read_manifest(f"webdataset:{tmp_path}/corpus@test")
+        open_source(f"webdataset:{tmp_path}/corpus@test")
 
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:

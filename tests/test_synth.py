@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clarion.data.synth import (
+from clarion.synth.generate import (
     LANGUAGES,
     REPETITIONS,
     SOUND_TYPES,
@@ -22,7 +22,7 @@ from clarion.data.synth import (
     render_event,
     retrieval_ceiling,
 )
-from clarion.data.synth_captions import caption_clip, type_terms
+from clarion.synth.captions import caption_clip, type_terms
 
 SR = 16000
 SIZES = {"n_train": 24, "n_val": 6, "n_test": 24}

@@ -1,4 +1,4 @@
-"""Triplet loss and negative sampling (METHODS.md §5) against an explicit per-anchor loop."""
+"""Triplet loss and negative sampling (docs/methods.md §5) against an explicit per-anchor loop."""
 
 from __future__ import annotations
 

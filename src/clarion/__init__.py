@@ -1,6 +1,6 @@
 """clarion: contrastive language-audio pretraining with InfoNCE, SigLIP, SVR, m-LTM and triplet objectives."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (clarion.__version__)
 
 _API = ("load", "ClarionModel", "Classification")
 

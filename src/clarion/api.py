@@ -10,8 +10,8 @@
 
 Audio goes through the evaluation pipeline: decoded (or taken as a 1-D array), resampled to
 ``cfg.audio.sample_rate``, capped at ``cfg.audio.max_seconds``, then cropped from the start or
-zero-padded to ``cfg.audio.clip_seconds`` (:func:`clarion.data.audio.fit_length` without a
-random generator, as :class:`clarion.data.dataset.ClipDataset` does). Everything runs in eval
+zero-padded to ``cfg.audio.clip_seconds`` (:func:`clarion.audio.fit_length` without a
+random generator, as :class:`clarion.data.loaders.ClipDataset` does). Everything runs in eval
 mode under ``torch.no_grad`` in float32, so the same input always gives the same embedding.
 
 An export directory is a run directory without the training state (same loader,
@@ -26,8 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,11 +37,12 @@ import torch
 from tokenizers import Tokenizer
 
 from .config import Config
-from .data.audio import AudioError, fit_length, read_audio
+from .files import atomic_dir
+from .audio import AudioError, fit_length, read_audio
 from .evaluate.zeroshot import DEFAULT_PROMPT, class_embeddings
 from .models import DualEncoder
 from .rundir import RunError, load_model, load_tokenizer, read_objective_state, save_model
-from .train.distributed import resolve_device
+from .runtime import resolve_device
 
 log = logging.getLogger("clarion.api")
 
@@ -170,7 +169,7 @@ class ClarionModel:
         return fit_length(wave, self.clip_samples, None)
 
     def _resample(self, wave: np.ndarray | torch.Tensor, rate: int | None) -> np.ndarray:
-        """What :func:`clarion.data.audio.decode_audio` does to decoded samples (soxr "HQ", cap)."""
+        """What :func:`clarion.audio.decode_audio` does to decoded samples (soxr "HQ", cap)."""
         if isinstance(wave, torch.Tensor):
             wave = wave.detach().cpu().numpy()
         wave = np.asarray(wave, dtype=np.float32)
@@ -304,20 +303,12 @@ class ClarionModel:
                 raise RunError(f"{out} exists and is not empty (overwrite it with --overwrite)")
             if not (out / "config.yaml").is_file():
                 raise RunError(f"{out} is not a clarion model directory; refusing to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             self.cfg.save(tmp / "config.yaml")
             self.tokenizer.save(str(tmp / "tokenizer.json"))
             meta = {k: v for k, v in self.meta.items() if k != "sha256"}
             meta.update(format=EXPORT_FORMAT, exported_from=str(self.source), fingerprint=self.fingerprint)
             save_model(tmp, self.model, self.objective_state, meta)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
 

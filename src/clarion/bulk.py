@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import ClarionModel, find_audio_files
-from .data.manifest import read_manifest
+from .data.open import open_source
 
 log = logging.getLogger("clarion.api")
 
@@ -57,7 +57,7 @@ def embed_source(
         if not paths:
             raise ValueError(f"no audio files under {source}")
     else:
-        manifest = read_manifest(source, "skip", check_audio=not text)
+        manifest = open_source(source, "skip", check_audio=not text)
         base = manifest.path.parent
         bad = [(row.audio, row.reason) for row in manifest.bad]
         if text:

@@ -2,7 +2,13 @@
 
 Every run directory holds the resolved tree as ``config.yaml``; loading it back gives the
 same tree. Unknown keys and values of the wrong type are errors that name the key, so a
-typo in a recipe never silently falls back to a default.
+typo in a recipe never silently falls back to a default; so are values outside an enum-like
+``Literal`` (checked once, here) and numbers outside the range declared with their field
+(:func:`ranged`).
+
+This is the bottom layer: it imports nothing of clarion but :mod:`clarion.files`. Matching
+``audio.sample_rate`` to the audio encoder is the model layer's job
+(:func:`clarion.models.load_model_config`).
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -24,31 +31,67 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the tree (unknown key, wrong type)."""
 
 
+# Enum-like values: declared once here, checked when the tree is built (``_coerce``); the CLI
+# takes its ``choices`` from them (:func:`choices`), the data code trusts them.
+OnBadSample = Literal["skip", "fail"]  # skip (log + count) | fail (abort with file:line)
+Pairs = Literal["all", "one_per_clip"]  # every caption row once per epoch | one random caption per clip
+Validate = Literal["off", "warn", "fail"]  # `clarion data check` before training: off | warn | fail (refuse to start)
+TextPooling = Literal["mean", "cls"]  # mean over the attention mask | the first token
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The values of a ``Literal`` type above, e.g. ``choices(OnBadSample) == ("skip", "fail")``."""
+    return typing.get_args(kind)
+
+
+def _positive(x: Any) -> bool:
+    return x > 0
+
+
+def _non_negative(x: Any) -> bool:
+    return x >= 0
+
+
+def _optional(check: Any) -> Any:
+    return lambda x: x is None or check(x)
+
+
+def ranged(check: Callable[[Any], bool], valid: str, **kwargs: Any) -> Any:
+    """A dataclass field whose value must also pass ``check`` (``valid`` says what passes): values
+    that fit the type but cannot work are errors too (a config.yaml read from a run directory is
+    as untrusted as any other input)."""
+    return field(metadata={"check": check, "valid": valid}, **kwargs)
+
+
 @dataclass
 class AudioConfig:
-    sample_rate: int = 16000  # set from the audio encoder when it needs a fixed rate (see load_config)
-    clip_seconds: float = 4.0
-    n_fft: int = 512
-    hop_length: int = 160
-    n_mels: int = 64
-    f_min: float = 0.0
-    f_max: float | None = None
-    max_seconds: float | None = 600.0  # decode cap: longer files are read up to this length
+    # set from the audio encoder when it needs a fixed rate (clarion.models.resolve_sample_rate)
+    sample_rate: int = ranged(lambda x: 1000 <= x <= 768_000, "a rate in Hz between 1000 and 768000", default=16000)
+    clip_seconds: float = ranged(lambda x: 0 < x <= 3600, "seconds in (0, 3600]", default=4.0)
+    n_fft: int = ranged(lambda x: 2 <= x <= 65536, "between 2 and 65536", default=512)
+    hop_length: int = ranged(_positive, "positive", default=160)
+    n_mels: int = ranged(_positive, "positive", default=64)
+    f_min: float = ranged(_non_negative, ">= 0", default=0.0)
+    f_max: float | None = ranged(_optional(_positive), "positive or null", default=None)
+    # decode cap: longer files are read up to this length
+    max_seconds: float | None = ranged(_optional(_positive), "positive seconds or null (no cap)", default=600.0)
 
 
 @dataclass
 class DataConfig:
     train: str | None = None
     val: str | None = None
-    on_bad_sample: str = "skip"  # skip (log + count) | fail (abort with file:line)
-    pairs: str = "all"  # all: every caption row once per epoch | one_per_clip: one random caption per clip
+    on_bad_sample: OnBadSample = "skip"  # skip (log + count) | fail (abort with file:line)
+    pairs: Pairs = "all"  # all: every caption row once per epoch | one_per_clip: one random caption per clip
     cache_dir: str | None = None  # on-disk cache of decoded, resampled clips
-    num_workers: int = 1
-    noise_ratio: float = 0.0  # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
+    num_workers: int = ranged(lambda x: 0 <= x <= 1024, "between 0 and 1024", default=1)
+    # fraction of training rows whose captions are shuffled among themselves (m-LTM protocol)
+    noise_ratio: float = ranged(lambda x: 0 <= x < 1, "in [0, 1)", default=0.0)
     noise_seed: int = 0  # fixed apart from train.seed, so runs with different seeds see the same corrupted pairs
-    validate: str = "off"  # run `clarion data check` on train/val before training: off | warn | fail (refuse to start)
-    stream: bool | None = None  # stream webdataset shards (data/shards.py); None: when data.train is webdataset:DIR
-    shuffle_buffer: int = 1000  # streaming: samples each worker holds for shuffling (0: shard order only)
+    validate: Validate = "off"  # run `clarion data check` on train/val before training: off | warn | fail (refuse to start)
+    stream: bool | None = None  # stream webdataset shards (clarion.data.shards); None: when data.train is webdataset:DIR
+    # streaming: samples each worker holds for shuffling (0: shard order only)
+    shuffle_buffer: int = ranged(_non_negative, ">= 0", default=1000)
 
 
 @dataclass
@@ -57,18 +100,21 @@ class ModelConfig:
     text_encoder: str = "transformer"  # transformer | hf | minilm-packaged
     audio_pretrained: str | None = None  # panns-*: official .pth file (None: random init); hf: local dir or cached hub id
     text_pretrained: str | None = None  # hf: local dir or cached hub id (nothing is downloaded)
-    panns_width: int = 64  # PANNs channel base (64 = the official size; smaller only for tests / from scratch)
+    # PANNs channel base (64 = the official size; smaller only for tests / from scratch)
+    panns_width: int = ranged(_positive, "positive", default=64)
     freeze_audio: bool = False  # no gradients, eval mode (BatchNorm, dropout) for the audio encoder
     freeze_text: bool = False  # the same for the text encoder; projection heads always train
-    embed_dim: int = 256
-    audio_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # stem, then one block each
-    text_width: int = 256
-    text_layers: int = 2
-    text_heads: int = 4
-    text_pooling: str = "mean"  # mean (over the attention mask) | cls; also for hf text encoders
-    max_tokens: int = 48  # text truncation length, also for hf text encoders
-    vocab_size: int = 2000
-    dropout: float = 0.1
+    embed_dim: int = ranged(lambda x: 1 <= x <= 65536, "between 1 and 65536", default=256)
+    # stem, then one block each
+    audio_channels: list[int] = ranged(lambda x: len(x) > 0 and all(c > 0 for c in x), "a non-empty list of positive ints",
+                                       default_factory=lambda: [16, 32, 64, 128, 256])
+    text_width: int = ranged(_positive, "positive", default=256)
+    text_layers: int = ranged(_positive, "positive", default=2)
+    text_heads: int = ranged(_positive, "positive", default=4)
+    text_pooling: TextPooling = "mean"  # mean (over the attention mask) | cls; also for hf text encoders
+    max_tokens: int = ranged(_positive, "positive", default=48)  # text truncation length, also for hf text encoders
+    vocab_size: int = ranged(_positive, "positive", default=2000)
+    dropout: float = ranged(lambda x: 0 <= x < 1, "in [0, 1)", default=0.1)
 
 
 @dataclass
@@ -79,26 +125,35 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64  # the global batch: split over the processes of a torchrun job (train/distributed.py)
-    chunk_size: int | None = None  # GradCache: embed this many rows (per process) at a time, exact full-batch gradient; None: off
-    lr: float = 1e-3  # projection heads and objective state (and the encoders when encoder_lr is None)
-    encoder_lr: float | None = None  # audio and text encoders; None: the same as lr
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    epochs: int = ranged(_non_negative, ">= 0", default=10)
+    # the global batch: split over the processes of a torchrun job (train/distributed.py)
+    batch_size: int = ranged(_positive, "positive", default=64)
+    # GradCache: embed this many rows (per process) at a time, exact full-batch gradient; None: off
+    chunk_size: int | None = ranged(_optional(_positive), "positive or null", default=None)
+    # projection heads and objective state (and the encoders when encoder_lr is None)
+    lr: float = ranged(_non_negative, ">= 0", default=1e-3)
+    # audio and text encoders; None: the same as lr
+    encoder_lr: float | None = ranged(_optional(_non_negative), ">= 0 or null", default=None)
+    weight_decay: float = ranged(_non_negative, ">= 0", default=0.01)
+    warmup_steps: int = ranged(_non_negative, ">= 0", default=100)
+    grad_clip: float = ranged(_non_negative, ">= 0 (0 disables)", default=1.0)  # max global grad norm; 0 disables
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
-    log_every: int = 1  # steps between metrics.jsonl records
-    drift_every: int = 10  # steps between drift diagnostics (an extra loss-only backward); 0 disables
-    collapse_every: int = 10  # steps between feature-collapse statistics of the batch embeddings; 0 disables
+    log_every: int = ranged(_positive, "positive", default=1)  # steps between metrics.jsonl records
+    # steps between drift diagnostics (an extra loss-only backward); 0 disables
+    drift_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)
+    # steps between feature-collapse statistics of the batch embeddings; 0 disables
+    collapse_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)
     collapse_max_cos: float = 0.9  # collapsed when a modality's mean pairwise cosine exceeds this ...
     collapse_min_rank: float = 2.0  # ... or its effective rank falls below this
-    collapse_patience: int = 3  # consecutive collapsed checks (after warm-up) before the warning
-    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
-    max_nonfinite_steps: int = 20  # stop after this many consecutive steps skipped for a non-finite loss or gradient
-    eval_batch_size: int = 128
+    # consecutive collapsed checks (after warm-up) before the warning
+    collapse_patience: int = ranged(_non_negative, ">= 0", default=3)
+    # 0: checkpoint at the end of each epoch only
+    checkpoint_every_steps: int = ranged(_non_negative, ">= 0 (0: end of epoch only)", default=0)
+    # stop after this many consecutive steps skipped for a non-finite loss or gradient
+    max_nonfinite_steps: int = ranged(_positive, "positive", default=20)
+    eval_batch_size: int = ranged(_positive, "positive", default=128)
 
 
 @dataclass
@@ -122,6 +177,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a dataclass field annotation, converting ints to floats."""
     hint = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if hint is Literal:
+        if not isinstance(value, str) or value not in args:
+            valid = ", ".join(args[:-1]) + " or " + args[-1]
+            raise ConfigError(f"{key}: {value!r} is out of range; expected {valid}")
+        return value
     if hint in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -171,72 +231,22 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _positive(x: Any) -> bool:
-    return x > 0
-
-
-def _non_negative(x: Any) -> bool:
-    return x >= 0
-
-
-def _optional(check: Any) -> Any:
-    return lambda x: x is None or check(x)
-
-
-# key -> (check, what a valid value is): values that fit the type but cannot work are errors too
-# (a config.yaml read from a run directory is as untrusted as any other input)
-_RANGES: dict[str, tuple[Any, str]] = {
-    "audio.sample_rate": (lambda x: 1000 <= x <= 768_000, "a rate in Hz between 1000 and 768000"),
-    "audio.clip_seconds": (lambda x: 0 < x <= 3600, "seconds in (0, 3600]"),
-    "audio.n_fft": (lambda x: 2 <= x <= 65536, "between 2 and 65536"),
-    "audio.hop_length": (_positive, "positive"),
-    "audio.n_mels": (_positive, "positive"),
-    "audio.f_min": (_non_negative, ">= 0"),
-    "audio.f_max": (_optional(_positive), "positive or null"),
-    "audio.max_seconds": (_optional(_positive), "positive seconds or null (no cap)"),
-    "data.on_bad_sample": (lambda x: x in ("skip", "fail"), "skip or fail"),
-    "data.pairs": (lambda x: x in ("all", "one_per_clip"), "all or one_per_clip"),
-    "data.num_workers": (lambda x: 0 <= x <= 1024, "between 0 and 1024"),
-    "data.noise_ratio": (lambda x: 0 <= x < 1, "in [0, 1)"),
-    "data.shuffle_buffer": (_non_negative, ">= 0"),
-    "data.validate": (lambda x: x in ("off", "warn", "fail"), "off, warn or fail"),
-    "model.panns_width": (_positive, "positive"),
-    "model.embed_dim": (lambda x: 1 <= x <= 65536, "between 1 and 65536"),
-    "model.audio_channels": (lambda x: len(x) > 0 and all(c > 0 for c in x), "a non-empty list of positive ints"),
-    "model.text_width": (_positive, "positive"),
-    "model.text_layers": (_positive, "positive"),
-    "model.text_heads": (_positive, "positive"),
-    "model.max_tokens": (_positive, "positive"),
-    "model.vocab_size": (_positive, "positive"),
-    "model.dropout": (lambda x: 0 <= x < 1, "in [0, 1)"),
-    "train.epochs": (_non_negative, ">= 0"),
-    "train.batch_size": (_positive, "positive"),
-    "train.chunk_size": (_optional(_positive), "positive or null"),
-    "train.lr": (_non_negative, ">= 0"),
-    "train.encoder_lr": (_optional(_non_negative), ">= 0 or null"),
-    "train.weight_decay": (_non_negative, ">= 0"),
-    "train.warmup_steps": (_non_negative, ">= 0"),
-    "train.grad_clip": (_non_negative, ">= 0 (0 disables)"),
-    "train.log_every": (_positive, "positive"),
-    "train.drift_every": (_non_negative, ">= 0 (0 disables)"),
-    "train.collapse_every": (_non_negative, ">= 0 (0 disables)"),
-    "train.collapse_patience": (_non_negative, ">= 0"),
-    "train.checkpoint_every_steps": (_non_negative, ">= 0 (0: end of epoch only)"),
-    "train.max_nonfinite_steps": (_positive, "positive"),
-    "train.eval_batch_size": (_positive, "positive"),
-}
 _MAX_NODES = 100_000  # YAML nodes in a config, counted with aliases expanded ("billion laughs" guard)
 
 
 def _check_values(cfg: Config) -> None:
-    """Raise :class:`ConfigError` naming the first key whose value is out of range or not finite."""
-    for key, (check, valid) in _RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key}: {value!r} is not finite; expected {valid}")
-        if not check(value):
-            raise ConfigError(f"{key}: {value!r} is out of range; expected {valid}")
+    """Raise :class:`ConfigError` naming the first key whose value is out of range (the ``check``
+    declared with its field by :func:`ranged`) or not finite."""
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part):
+            if "check" not in f.metadata:
+                continue
+            key, value, valid = f"{section.name}.{f.name}", getattr(part, f.name), f.metadata["valid"]
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}: {value!r} is not finite; expected {valid}")
+            if not f.metadata["check"](value):
+                raise ConfigError(f"{key}: {value!r} is out of range; expected {valid}")
 
 
 def _check_size(data: Any, source: object) -> None:
@@ -261,12 +271,14 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def read_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, bool]:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML).
 
     ``objective.options.<name>=value`` sets a free-form objective option; a key without a dot is
-    shorthand for it (``clarion train --objective mltm partial_mass=0.9``). ``audio.sample_rate``
-    then follows the audio encoder when it needs a fixed rate (:func:`resolve_sample_rate`).
+    shorthand for it (``clarion train --objective mltm partial_mass=0.9``). Returns the tree and
+    whether ``audio.sample_rate`` was given (by the file or an override): the model layer then
+    makes the rate follow the audio encoder (:func:`clarion.models.resolve_sample_rate`), which
+    this layer knows nothing about.
     """
     data = Config().to_dict()
     if path is not None:
@@ -288,27 +300,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             key = f"objective.options.{key}"
         _set_path(data, key, yaml.safe_load(raw) if raw.strip() else None)
         rate_given = rate_given or key == "audio.sample_rate"
-    return resolve_sample_rate(config_from_dict(data), rate_given)
+    return config_from_dict(data), rate_given
 
 
-def resolve_sample_rate(cfg: Config, given: bool) -> Config:
-    """Make ``audio.sample_rate`` the rate the audio encoder needs (PANNs: 32 kHz; a Hugging Face
-    model: its feature extractor's ``sampling_rate``), so the data pipeline decodes and resamples
-    to it. When the config gave ``audio.sample_rate`` itself (``given``) and it differs, that is
-    an error rather than a silent change. Encoders that build their front end from ``audio.*``
-    (``cnn``) leave it alone; so does a Hugging Face model whose files cannot be found here."""
-    from .models import required_sample_rate  # models import this module
-
-    rate = required_sample_rate(cfg.model)
-    if rate is None or rate == cfg.audio.sample_rate:
-        return cfg
-    if given:
-        raise ConfigError(
-            f"audio.sample_rate={cfg.audio.sample_rate} contradicts model.audio_encoder={cfg.model.audio_encoder}, "
-            f"which works at {rate} Hz: drop audio.sample_rate (it is then set from the encoder) or set it to {rate}"
-        )
-    cfg.audio.sample_rate = rate
-    return cfg
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The tree of :func:`read_config`, as written (``audio.sample_rate`` not yet matched to the
+    audio encoder: :func:`clarion.models.load_model_config` does that)."""
+    return read_config(path, overrides)[0]
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> None:

@@ -16,9 +16,6 @@ Everything is safetensors + JSON: loading a run never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .config import Config, ConfigError, load_config
-from .files import atomic_write, atomic_write_text, sha256  # noqa: F401  (part of this module's API)
-from .models import DualEncoder, build_model
+from .config import Config, ConfigError
+from .files import atomic_dir, atomic_write, atomic_write_text, sha256  # noqa: F401  (part of this module's API)
+from .models import DualEncoder, build_model, load_model_config
 from .objectives import Objective, build_objective
 
 OBJECTIVE_PREFIX = "objective."
@@ -63,20 +60,8 @@ def save_encoder_files(run: Path, model: DualEncoder) -> None:
         save = getattr(getattr(model, name), "save_pretrained_files", None)
         if save is None:
             continue
-        target = run / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run))
-        try:
+        with atomic_dir(run / name) as tmp:
             save(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=run))
-            os.replace(target, old / name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(
@@ -99,7 +84,7 @@ def load_run_config(run: Path) -> Config:
     if not path.is_file():
         raise RunError(f"{run} is not a clarion run: {path.name} is missing")
     try:
-        return load_config(path)
+        return load_model_config(path)
     except ConfigError as exc:
         raise RunError(f"invalid config in {path}: {exc}") from exc
 

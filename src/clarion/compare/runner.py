@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import load_config
-from ..data.manifest import read_manifest
+from ..models import load_model_config
+from ..runtime import resolve_device
+from ..data.open import open_source
 from ..evaluate.embed import embed_manifest, retrieval_report
 from ..evaluate.retrieval import a2t_relevant_ranks, t2a_ranks
 from ..rundir import atomic_write_text, load_model
@@ -56,7 +57,7 @@ def load_cell(out: Path, cell: Cell) -> CellResult | None:
 def evaluate_cell(run: Path, test: Path, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
     """Cosine retrieval metrics, geometry and per-query ranks of a trained run on ``test``."""
     cfg, model = load_model(run, device)
-    data = embed_manifest(model, read_manifest(test, cfg.data.on_bad_sample), cfg, device)
+    data = embed_manifest(model, open_source(test, cfg.data.on_bad_sample), cfg, device)
     metrics = retrieval_report(data)
     sim = data.text @ data.audio.T
     a2t, _ = a2t_relevant_ranks(sim, data.caption_clip)
@@ -65,7 +66,7 @@ def evaluate_cell(run: Path, test: Path, device: torch.device) -> tuple[dict, np
 
 def run_cell(grid: Grid, cell: Cell, out: Path, device: str, threads: int | None = None) -> CellResult:
     """Train (or resume) and evaluate one cell; never raises (a failure is returned)."""
-    from ..train.loop import resolve_device, train  # the trainer imports the evaluation code
+    from ..train.loop import train  # the trainer imports the evaluation code
 
     if threads:
         torch.set_num_threads(threads)
@@ -74,7 +75,7 @@ def run_cell(grid: Grid, cell: Cell, out: Path, device: str, threads: int | None
         overrides = [*grid.cell_overrides(cell), f"data.train={grid.train}", f"train.device={device}", f"data.cache_dir={out / 'cache'}"]
         if grid.val is not None:
             overrides.append(f"data.val={grid.val}")
-        cfg = load_config(grid.recipe, overrides)
+        cfg = load_model_config(grid.recipe, overrides)
         started = time.perf_counter()
         summary = train(cfg, run, resume=(run / "config.yaml").exists())
         metrics, t2a, a2t = evaluate_cell(run, grid.test, resolve_device(device))
@@ -99,7 +100,7 @@ def run_grid(grid: Grid, out: Path, jobs: int | None = None, device: str = "auto
     """Run every unfinished cell of ``grid`` under ``out``; returns the results of all cells."""
     out.mkdir(parents=True, exist_ok=True)
     if grid.synth is not None and not grid.train.is_file():
-        from ..data.synth import generate
+        from ..synth.generate import generate
 
         log.info("generating the synthetic benchmark in %s", grid.train.parent)
         generate(grid.train.parent, **grid.synth)

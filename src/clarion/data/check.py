@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import _DECODE_ERRORS, _sf_message, file_problem
-from .datasets import DatasetSpec, dataset_splits, load_split, parse_spec
-from .manifest import Entry, ManifestError, csv_safe, read_entries
+from ..audio.decode import _DECODE_ERRORS, _sf_message, file_problem
+from .manifest import csv_safe, read_entries
+from .records import Entry, ManifestError
+from .sources import DatasetSpec, dataset_splits, load_split, parse_spec
 
 logger = logging.getLogger("clarion.data")
 

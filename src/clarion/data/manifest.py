@@ -5,7 +5,9 @@ A manifest is a CSV file or a JSON-lines file (``.jsonl`` or ``.json``) with the
 optional ``label``, ``lang`` and ``fold`` (a cross-validation fold, e.g. ESC-50's 1-5);
 other columns are ignored. A clip with several captions
 appears in several rows with the same ``audio``. A public dataset in its own layout is read
-through a dataset spec ``NAME:PATH[@SPLIT]`` instead (see :mod:`clarion.data.datasets`).
+through a dataset spec ``NAME:PATH[@SPLIT]`` instead (see :mod:`clarion.data.sources`; every
+command opens either through :func:`clarion.data.open.open_source`). The row types are in
+:mod:`clarion.data.records`.
 
 Structural problems (missing file, unknown extension, missing column, bad text or JSON)
 raise :class:`ManifestError`. Bad rows are skipped and logged, or raise
@@ -19,150 +21,24 @@ import io
 import json
 import logging
 import os
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
-from .audio import _DECODE_ERRORS, _sf_message, file_problem
+from ..audio.decode import _DECODE_ERRORS, _sf_message, file_problem
+from ..config import OnBadSample
+from .records import BadRow, BadSampleError, Entry, Manifest, ManifestError, Row, count_reasons
 
 logger = logging.getLogger("clarion.data")
 
-POLICIES = ("skip", "fail")
 REQUIRED = ("audio", "caption")
 OPTIONAL = ("label", "lang", "fold")
 _LOGGED_BAD_ROWS = 20
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read at all."""
-
-
-class BadSampleError(ManifestError):
-    """A bad row (or undecodable clip) met under the policy ``on_bad_sample="fail"``.
-
-    ``bad`` holds the offending :class:`BadRow` when the error was built by :meth:`for_row`.
-    The constructor takes a single message so that DataLoader workers re-raise it with
-    its type intact.
-    """
-
-    hint = "use --on-bad-sample skip to skip such rows"
-    bad: BadRow | None = None
-
-    @classmethod
-    def for_row(cls, bad: BadRow) -> BadSampleError:
-        err = cls(f"{bad}; {cls.hint}")
-        err.bad = bad
-        return err
-
-
-@dataclass(frozen=True)
-class Row:
-    """One usable manifest row; ``line`` is the 1-based line where its record starts."""
-
-    audio: Path
-    caption: str
-    label: str | None
-    lang: str | None
-    line: int
-    fold: str | None = None
-
-
-@dataclass(frozen=True)
-class BadRow:
-    """A row left out of a manifest, and why; ``audio`` is the value as written."""
-
-    manifest: Path
-    line: int
-    audio: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.manifest}:{self.line}: {self.reason} ({self.audio})"
-
-
-@dataclass
-class Manifest:
-    """The usable rows of a manifest, and the bad rows that were skipped.
-
-    With clips ``c_0, ..., c_{M-1}`` the distinct ``audio`` paths in order of first
-    appearance, row i belongs to clip ``audio_ids[i]``.
-    """
-
-    path: Path
-    rows: list[Row]
-    bad: list[BadRow] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def clips(self) -> list[Path]:
-        return list(dict.fromkeys(row.audio for row in self.rows))
-
-    @property
-    def audio_ids(self) -> np.ndarray:
-        """int64 [len(rows)]: index into :attr:`clips` of each row's clip."""
-        index = {clip: i for i, clip in enumerate(self.clips)}
-        return np.fromiter((index[row.audio] for row in self.rows), dtype=np.int64, count=len(self.rows))
-
-    @property
-    def captions(self) -> list[str]:
-        return [row.caption for row in self.rows]
-
-    @property
-    def labels(self) -> list[str | None]:
-        """Per clip, the label of its first row."""
-        first: dict[Path, str | None] = {}
-        for row in self.rows:
-            first.setdefault(row.audio, row.label)
-        return list(first.values())
-
-    @property
-    def folds(self) -> list[str | None]:
-        """Per clip, the ``fold`` of its first row."""
-        first: dict[Path, str | None] = {}
-        for row in self.rows:
-            first.setdefault(row.audio, row.fold)
-        return list(first.values())
-
-    def subset(self, lang: str | None) -> Manifest:
-        """The rows whose ``lang`` equals ``lang`` (possibly none); ``bad`` is kept as is."""
-        return Manifest(self.path, [row for row in self.rows if row.lang == lang], list(self.bad))
-
-    def summary(self) -> str:
-        text = f"{len(self.rows)} rows, {len(self.clips)} clips, {len(self.bad)} bad rows skipped"
-        return f"{text}: {_count_reasons(self.bad)}" if self.bad else text
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A row as read from a manifest or a dataset's metadata, before validation.
-
-    ``source`` is the file it comes from and ``line`` its 1-based line there (for a JSON
-    dataset file, the 1-based index of the entry); ``audio`` is the audio value as written
-    (or the id that names the clip) and ``path`` the file it resolves to, or None when no
-    file could be found.
-    """
-
-    source: Path
-    line: int
-    audio: str
-    path: Path | None
-    caption: str
-    label: str | None = None
-    lang: str | None = None
-    fold: str | None = None
-
-
-def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_audio: bool = True) -> Manifest:
-    """Read and validate a manifest, or a public dataset addressed by a spec ``NAME:PATH[@SPLIT]``.
-
-    An existing file is always read as a manifest; anything else of the form ``NAME:PATH``
-    (``NAME`` two or more letters, digits, ``_`` or ``-``) is a dataset spec read by
-    :func:`clarion.data.datasets.read_dataset`.
+def read_manifest(path: str | os.PathLike, on_bad_sample: OnBadSample = "skip", check_audio: bool = True) -> Manifest:
+    """Read and validate a manifest file (a dataset spec ``NAME:PATH[@SPLIT]`` goes through
+    :func:`clarion.data.open.open_source`, which every command uses).
 
     Each row is checked in turn for: an empty ``audio`` value ("missing audio path"),
     an empty caption ("empty caption"), a missing file ("missing file") and, with
@@ -172,14 +48,6 @@ def read_manifest(path: str | os.PathLike, on_bad_sample: str = "skip", check_au
     first one raises :class:`BadSampleError`. A manifest without a usable row raises
     :class:`ManifestError`.
     """
-    if on_bad_sample not in POLICIES:
-        raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
-    if not os.path.isfile(path):
-        from .datasets import parse_spec, read_dataset
-
-        spec = parse_spec(path)
-        if spec is not None:
-            return read_dataset(spec, on_bad_sample, check_audio)
     path, entries = read_entries(path)
     return build_manifest(path, entries, on_bad_sample, check_audio)
 
@@ -212,7 +80,7 @@ def read_entries(path: str | os.PathLike) -> tuple[Path, list[Entry]]:
 def build_manifest(
     path: Path,
     entries: list[Entry],
-    on_bad_sample: str = "skip",
+    on_bad_sample: OnBadSample = "skip",
     check_audio: bool = True,
     skipped: list[BadRow] | None = None,
 ) -> Manifest:
@@ -222,8 +90,6 @@ def build_manifest(
     is None is a "missing file". ``skipped`` rows (already reported by the caller, e.g.
     AudioCaps clips that were never downloaded) head ``Manifest.bad`` whatever the policy.
     """
-    if on_bad_sample not in POLICIES:
-        raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
     rows: list[Row] = []
     bad: list[BadRow] = list(skipped or [])
     n_bad = 0
@@ -258,10 +124,10 @@ def build_manifest(
     if n_bad > _LOGGED_BAD_ROWS:
         logger.warning(
             "%s: %d more bad rows skipped, not listed; in all %s",
-            path, n_bad - _LOGGED_BAD_ROWS, _count_reasons(bad),
+            path, n_bad - _LOGGED_BAD_ROWS, count_reasons(bad),
         )
     if not rows:
-        raise ManifestError(f"no usable rows in {path}: {_count_reasons(bad) if bad else 'no data rows'}")
+        raise ManifestError(f"no usable rows in {path}: {count_reasons(bad) if bad else 'no data rows'}")
     return Manifest(path, rows, bad)
 
 
@@ -390,9 +256,3 @@ def _check_file(audio: Path, check_audio: bool) -> str | None:
     if info.frames == 0:
         return "empty audio (0 samples)"
     return None
-
-
-def _count_reasons(bad: list[BadRow]) -> str:
-    """E.g. "3 missing file, 1 empty caption", most frequent first; details in parentheses dropped."""
-    counts = Counter(b.reason.split(" (")[0] for b in bad)
-    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())

@@ -1,4 +1,4 @@
-"""Noisy correspondence (m-LTM protocol, METHODS.md §4): shuffle the captions of a fraction of pairs.
+"""Noisy correspondence (m-LTM protocol, docs/methods.md §4): shuffle the captions of a fraction of pairs.
 
 A fraction ``p`` of the training rows is drawn (seeded) and their captions are rotated one
 place along a random order of those rows, so every drawn row receives another drawn row's
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rundir import atomic_write_text
-from .manifest import Manifest, csv_safe
+from ..files import atomic_write_text
+from .manifest import csv_safe
+from .records import Manifest
 
 
 @dataclass(frozen=True)

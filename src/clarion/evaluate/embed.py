@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data.audio import ClipCache
-from ..data.dataset import ClipDataset, collate
-from ..data.manifest import Manifest
+from ..audio import ClipCache
+from ..data.loaders import ClipDataset, collate
+from ..data.records import Manifest
 from ..models import DualEncoder
+from ..runtime import autocast_for
 from .geometry import embedding_geometry
 from .ot_retrieval import CostFn, euclidean_cost, ot_scores
 from .retrieval import retrieval_metrics
 
 log = logging.getLogger("clarion.evaluate")
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op context elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @torch.no_grad()

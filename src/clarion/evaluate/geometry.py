@@ -8,8 +8,8 @@ and ``g_i⊥ = g_i − g_i∥``:
     drift_perp_ratio   = mean_i ‖g_i⊥‖ / |g_i·û_i|
     pos_cos_mean / _std = mean / std of the positive-pair cosines a_i·t_i
 
-Collapse (METHODS.md §5): mean pairwise cosine, per-dimension std and effective rank of a batch.
-Evaluation (METHODS.md §6): modality gap ``‖mean(a) − mean(t)‖``, alignment ``E‖a_i − t_i‖²``,
+Collapse (docs/methods.md §5): mean pairwise cosine, per-dimension std and effective rank of a batch.
+Evaluation (docs/methods.md §6): modality gap ``‖mean(a) − mean(t)‖``, alignment ``E‖a_i − t_i‖²``,
 uniformity ``log E_{i≠j} exp(−2‖x_i − x_j‖²)`` (Wang & Isola 2020).
 """
 

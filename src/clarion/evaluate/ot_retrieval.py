@@ -1,4 +1,4 @@
-"""OT retrieval (m-LTM, METHODS.md §4): rank by a transport plan over the whole test set.
+"""OT retrieval (m-LTM, docs/methods.md §4): rank by a transport plan over the whole test set.
 
 With Nt captions and Na clips, cost C [Nt, Na] in (0, 1] (the run's learned ground cost for
 an ``mltm`` run, else ``‖t − a‖ / max``), uniform marginals 1/Nt over captions and 1/Na over

@@ -1,4 +1,4 @@
-"""Cross-modal retrieval metrics on a similarity matrix (METHODS.md §6).
+"""Cross-modal retrieval metrics on a similarity matrix (docs/methods.md §6).
 
 Input: ``sim`` [n_captions, n_clips] (any score, higher = more similar) and ``caption_clip``
 [n_captions], the index of each caption's clip. Output fractions in [0, 1] and ranks ≥ 1.

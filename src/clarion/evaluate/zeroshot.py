@@ -1,4 +1,4 @@
-"""Zero-shot classification with a dual encoder (METHODS.md: prompt "This is a sound of {label}.").
+"""Zero-shot classification with a dual encoder (docs/methods.md §6: prompt "This is a sound of {label}.").
 
 Each class ``c`` is the text of one or more prompt templates with its label filled in; a clip is
 assigned the class whose text embedding is most similar (cosine) to its audio embedding. Reported:
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..data.audio import ClipCache
+from ..audio import ClipCache
 from ..data.manifest import Manifest
 from ..models import DualEncoder
 from .embed import embed_captions, embed_clips

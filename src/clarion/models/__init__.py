@@ -10,8 +10,8 @@ rebuilt offline has ``save_pretrained_files(directory)``.
 
 Audio towers also declare ``sample_rate`` (the rate their front end expects) and ``front_end``
 (a description); ``AUDIO_SAMPLE_RATES[name](model_cfg)`` gives the rate before a tower is built
-(None: the tower follows ``audio.sample_rate``), which :func:`clarion.config.load_config` uses to
-set ``audio.sample_rate`` so the data pipeline decodes at the encoder's rate.
+(None: the tower follows ``audio.sample_rate``), which :func:`load_model_config` uses to set
+``audio.sample_rate`` so the data pipeline decodes at the encoder's rate.
 
 | audio_encoder | front end | weights |
 |---|---|---|
@@ -34,7 +34,7 @@ from typing import Callable
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..config import AudioConfig, Config, ConfigError, ModelConfig
+from ..config import AudioConfig, Config, ConfigError, ModelConfig, read_config
 from .audio import CnnAudioEncoder
 from .dual import DualEncoder, Projection
 from .panns import SAMPLE_RATE as PANNS_SAMPLE_RATE
@@ -94,6 +94,30 @@ def required_sample_rate(m: ModelConfig) -> int | None:
     return rate(m) if rate is not None else None
 
 
+def resolve_sample_rate(cfg: Config, given: bool) -> Config:
+    """Make ``audio.sample_rate`` the rate the audio encoder needs (PANNs: 32 kHz; a Hugging Face
+    model: its feature extractor's ``sampling_rate``), so the data pipeline decodes and resamples
+    to it. When the config gave ``audio.sample_rate`` itself (``given``) and it differs, that is
+    an error rather than a silent change. Encoders that build their front end from ``audio.*``
+    (``cnn``) leave it alone; so does a Hugging Face model whose files cannot be found here."""
+    rate = required_sample_rate(cfg.model)
+    if rate is None or rate == cfg.audio.sample_rate:
+        return cfg
+    if given:
+        raise ConfigError(
+            f"audio.sample_rate={cfg.audio.sample_rate} contradicts model.audio_encoder={cfg.model.audio_encoder}, "
+            f"which works at {rate} Hz: drop audio.sample_rate (it is then set from the encoder) or set it to {rate}"
+        )
+    cfg.audio.sample_rate = rate
+    return cfg
+
+
+def load_model_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """:func:`clarion.config.read_config`, then :func:`resolve_sample_rate`: the config a model is
+    built from (what ``clarion train``, ``clarion compare`` and a run directory use)."""
+    return resolve_sample_rate(*read_config(path, overrides))
+
+
 def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = None) -> DualEncoder:
     """The dual encoder of ``cfg``. ``saved``: a run directory whose ``audio_encoder/`` and
     ``text_encoder/`` folders rebuild pretrained towers without their original files (no
@@ -108,7 +132,7 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
     if rate != cfg.audio.sample_rate:
         raise ConfigError(
             f"model.audio_encoder={m.audio_encoder} works at {rate} Hz ({getattr(audio, 'front_end', 'its own front end')}) "
-            f"but audio.sample_rate={cfg.audio.sample_rate}: set audio.sample_rate={rate} (load_config does this "
+            f"but audio.sample_rate={cfg.audio.sample_rate}: set audio.sample_rate={rate} (load_model_config does this "
             "when audio.sample_rate is not given)"
         )
     text = TEXT_ENCODERS[m.text_encoder](m, tokenizer, saved / "text_encoder" if saved else None)
@@ -117,5 +141,5 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
 
 __all__ = [
     "AUDIO_ENCODERS", "AUDIO_SAMPLE_RATES", "TEXT_ENCODERS", "DualEncoder", "Projection", "build_model",
-    "required_sample_rate", "train_tokenizer",
+    "load_model_config", "required_sample_rate", "resolve_sample_rate", "train_tokenizer",
 ]

@@ -2,7 +2,7 @@
 
 The default is a PANNs-style CNN over log-mel, sized for CPU training: a strided stem and
 early pooling keep the cost of the high-resolution layers low, the wide late blocks hold the
-parameters. Encoders compute their own log-mel (:class:`clarion.data.audio.LogMel`) so it runs
+parameters. Encoders compute their own log-mel (:class:`clarion.audio.features.LogMel`) so it runs
 on the model's device.
 """
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import AudioConfig
-from ..data.audio import LogMel
+from ..audio import LogMel
 
 
 class ConvBlock(nn.Module):

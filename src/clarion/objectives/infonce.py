@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE (CLIP / CLAP contrastive loss), METHODS.md §1.
+"""Symmetric InfoNCE (CLIP / CLAP contrastive loss), docs/methods.md §1.
 
 With ``S_ij = a_i · t_j / τ`` and ``1/τ = exp(logit_scale)`` (init 1/0.07, clamped ≤ 100):
 

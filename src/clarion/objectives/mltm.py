@@ -1,4 +1,4 @@
-"""m-LTM: mini-batch learning-to-match with entropic OT, METHODS.md §4.
+"""m-LTM: mini-batch learning-to-match with entropic OT, docs/methods.md §4.
 
 Ground cost between text i and audio j under a learned PSD metric M (d × d):
 

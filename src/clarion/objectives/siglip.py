@@ -1,4 +1,4 @@
-"""SigLIP pairwise sigmoid loss, METHODS.md §2.
+"""SigLIP pairwise sigmoid loss, docs/methods.md §2.
 
     L = −(1/B) Σ_ij log σ( z_ij (t' · a_i·t_j + b) ),   z_ij = +1 if g(i) = g(j) else −1
 

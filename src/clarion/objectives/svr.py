@@ -1,4 +1,4 @@
-"""Support Vector Regularization (SupCLAP), METHODS.md §3, over an InfoNCE or SigLIP base.
+"""Support Vector Regularization (SupCLAP), docs/methods.md §3, over an InfoNCE or SigLIP base.
 
 For pair i, with ``û_i = (a_i − t_i)/‖a_i − t_i‖`` the pull direction of the text anchor, the
 text-side support vector is ``t_i^sup = t_i + R_i û_i`` (not re-normalised) and the audio-side
@@ -23,7 +23,7 @@ part is flipped; below 0, amplified).
   by construction and the constraint term is identically 0 (both hinges inactive, zero gradient):
   **β has no effect under ``sigmoid``**. The distance is detached, so R reads the geometry without
   moving it. Why a bound at all: ∂L_svr/∂R < 0 for almost every anchor (a larger radius always
-  lowers the support vectors' loss), so an unbounded radius runs past ‖a−t‖ (METHODS.md §3,
+  lowers the support vectors' loss), so an unbounded radius runs past ‖a−t‖ (docs/methods.md §3,
   "Bounding"); under ``sigmoid`` that pressure drives σ(z) towards 1 (full damping) but never past.
   ``init_ratio`` is the starting σ(z).
 - ``"hinge"``: ``R_i = z_i`` (the radius itself is learned; ``init_radius`` its start), held in

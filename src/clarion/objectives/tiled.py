@@ -4,7 +4,7 @@ Anchors ``x`` [b, d] meet others ``y`` [N, d] through logits ``L_ij = s·x_i·y_
 made one [tile, tile] block at a time and never stored whole; the backward pass recomputes
 each block (as FlashAttention does).
 
-**Softmax cross-entropy** (one direction of InfoNCE, METHODS.md §1), anchor i's positive in
+**Softmax cross-entropy** (one direction of InfoNCE, docs/methods.md §1), anchor i's positive in
 column ``p_i``, ``M_i`` = the other columns of its clip (left out of the denominator) or, with
 ``multi_positive``, targets ``T_ij`` uniform over the clip's columns::
 
@@ -19,7 +19,7 @@ Forward keeps a streaming log-sum-exp per row over the column blocks (running ma
 
 where the ``T`` parts are O(b·d) (a gather or per-clip means) and stay outside the block loop.
 
-**Sigmoid pairs** (SigLIP, METHODS.md §2), ``z_ij = +1`` when anchor i and column j share a
+**Sigmoid pairs** (SigLIP, docs/methods.md §2), ``z_ij = +1`` when anchor i and column j share a
 clip, else −1::
 
     ℓ = −(1/b) Σ_ij log σ(z_ij (L_ij + β)),   ∂ℓ/∂L_ij = −z_ij σ(−z_ij (L_ij + β)) / b
@@ -45,6 +45,45 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
 def block_products(x: torch.Tensor, y: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
     """[rows, cols] block of ``x yᵀ`` in the accumulation dtype."""
     return (x[rows] @ y[cols].T).to(accumulation_dtype(x))
+
+
+class StreamingLSE:
+    """Log-sum-exps of n rows (or columns) of logits that arrive block by block.
+
+    State: a running maximum ``m`` and a running sum ``s`` (accumulation dtype), with
+    ``lse = m + log s`` at any time. Folding a block ``L`` [rows, cols] in along ``dim`` (1: one
+    value per row, 0: one per column) rescales the sum to the new maximum, so no ``exp`` overflows::
+
+        m' = max(m, max_dim L)        s' = s · exp(m − m') + Σ_dim exp(L − m')
+
+    ``at`` selects the entries a block touches (a slice of the n).
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
+        self.max = torch.full((n,), torch.finfo(dtype).min, dtype=dtype, device=device)
+        self.sum = torch.zeros_like(self.max)
+
+    def add(self, logits: torch.Tensor, dim: int, at: slice = slice(None)) -> None:
+        old = self.max[at]
+        new = torch.maximum(old, logits.amax(dim))
+        shifted = logits - (new[:, None] if dim == 1 else new)
+        self.sum[at] = self.sum[at] * (old - new).exp() + shifted.exp().sum(dim)
+        self.max[at] = new
+
+    def lse(self) -> torch.Tensor:
+        return self.max + self.sum.log()
+
+
+def add_block_gradients(prob: torch.Tensor, products: torch.Tensor, x: torch.Tensor, y: torch.Tensor, rows: slice,
+                        cols: slice, grad_x: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    """One block's share of the backward pass of a softmax over ``x yᵀ``: with ``P`` the block's
+    probabilities [rows, cols], ``grad_x[rows] += P y[cols]`` and ``grad_y[cols] += Pᵀ x[rows]``
+    (block products in the inputs' dtype); returns ``Σ P ⊙ (x yᵀ)`` of the block (for the scale's gradient)."""
+    expected = (prob * products).sum()
+    prob = prob.to(x.dtype)
+    grad_x[rows] += prob @ y[cols]
+    grad_y[cols] += prob.T @ x[rows]
+    return expected
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor, anchor_ids: torch.Tensor, other_ids: torch.Tensor, tile: int) -> None:
@@ -99,16 +138,13 @@ class TiledSoftmaxCrossEntropy(torch.autograd.Function):
         acc = accumulation_dtype(x)
         lse = torch.empty(len(x), dtype=acc, device=x.device)
         for rows in blocks(len(x), tile):
-            running_max = torch.full((rows.stop - rows.start,), torch.finfo(acc).min, dtype=acc, device=x.device)
-            running_sum = torch.zeros_like(running_max)
+            row = StreamingLSE(rows.stop - rows.start, acc, x.device)
             for cols in blocks(len(y), tile):
                 logits = scale * block_products(x, y, rows, cols)
                 if masked:
                     logits.masked_fill_(excluded(anchor_ids, other_ids, positive, rows, cols), float("-inf"))
-                new_max = torch.maximum(running_max, logits.amax(1))
-                running_sum = running_sum * (running_max - new_max).exp() + (logits - new_max[:, None]).exp().sum(1)
-                running_max = new_max
-            lse[rows] = running_max + running_sum.log()
+                row.add(logits, 1)
+            lse[rows] = row.lse()
         targets = ClipTargets(anchor_ids, other_ids, positive, multi_positive)
         target = targets.gather(y)
         target_logits = scale * (x.to(acc) * target).sum(1)
@@ -129,10 +165,7 @@ class TiledSoftmaxCrossEntropy(torch.autograd.Function):
                 prob = (scale * products - lse[rows, None]).exp()
                 if ctx.masked:
                     prob.masked_fill_(excluded(anchor_ids, other_ids, positive, rows, cols), 0.0)
-                expected_products += (prob * products).sum()
-                prob = prob.to(x.dtype)
-                grad_x[rows] += prob @ y[cols]
-                grad_y[cols] += prob.T @ x[rows]
+                expected_products += add_block_gradients(prob, products, x, y, rows, cols, grad_x, grad_y)
         weight = grad_loss.to(acc) / len(x)
         grad_x = weight * scale * (grad_x - target)
         grad_y = weight * scale * (grad_y - ctx.targets.scatter(x.to(acc), len(y)))
@@ -151,24 +184,18 @@ class TiledSymmetricCrossEntropy(torch.autograd.Function):
         n, acc = len(a), accumulation_dtype(a)
         positive = torch.arange(n, device=a.device)
         masked = not multi_positive and len(torch.unique(audio_ids)) < n
-        col_max = torch.full((n,), torch.finfo(acc).min, dtype=acc, device=a.device)
-        col_sum = torch.zeros_like(col_max)
-        row_lse = torch.empty_like(col_max)
+        column = StreamingLSE(n, acc, a.device)
+        row_lse = torch.empty_like(column.max)
         for rows in blocks(n, tile):
-            row_max = torch.full((rows.stop - rows.start,), torch.finfo(acc).min, dtype=acc, device=a.device)
-            row_sum = torch.zeros_like(row_max)
+            row = StreamingLSE(rows.stop - rows.start, acc, a.device)
             for cols in blocks(n, tile):
                 logits = scale * block_products(a, t, rows, cols)
                 if masked:
                     logits.masked_fill_(excluded(audio_ids, audio_ids, positive, rows, cols), float("-inf"))
-                new_max = torch.maximum(row_max, logits.amax(1))
-                row_sum = row_sum * (row_max - new_max).exp() + (logits - new_max[:, None]).exp().sum(1)
-                row_max = new_max
-                new_max = torch.maximum(col_max[cols], logits.amax(0))
-                col_sum[cols] = col_sum[cols] * (col_max[cols] - new_max).exp() + (logits - new_max).exp().sum(0)
-                col_max[cols] = new_max
-            row_lse[rows] = row_max + row_sum.log()
-        col_lse = col_max + col_sum.log()
+                row.add(logits, 1)
+                column.add(logits, 0, cols)
+            row_lse[rows] = row.lse()
+        col_lse = column.lse()
         targets = ClipTargets(audio_ids, audio_ids, positive, multi_positive)
         target_products = (a.to(acc) * targets.gather(t)).sum()  # Σ_i a_i·t̄_g(i) = Σ_j t_j·ā_g(j)
         ctx.save_for_backward(a, t, scale, audio_ids, row_lse, col_lse)
@@ -190,10 +217,7 @@ class TiledSymmetricCrossEntropy(torch.autograd.Function):
                 prob = ((logits - row_lse[rows, None]).exp() + (logits - col_lse[None, cols]).exp()) / 2
                 if ctx.masked:
                     prob.masked_fill_(excluded(audio_ids, audio_ids, positive, rows, cols), 0.0)
-                expected_products += (prob * products).sum()
-                prob = prob.to(a.dtype)
-                grad_a[rows] += prob @ t[cols]
-                grad_t[cols] += prob.T @ a[rows]
+                expected_products += add_block_gradients(prob, products, a, t, rows, cols, grad_a, grad_t)
         weight = grad_loss.to(acc) / n
         target_t, target_a = ctx.targets.gather(t), ctx.targets.gather(a)
         grad_scale = weight * (expected_products - (a.to(acc) * target_t).sum())

@@ -1,4 +1,4 @@
-"""Triplet (hinge) loss with negative sampling, METHODS.md §5 (Xie, Räsänen, Virtanen 2023).
+"""Triplet (hinge) loss with negative sampling, docs/methods.md §5 (Xie, Räsänen, Virtanen 2023).
 
 With ``S_ij = a_i · t_j`` (cosine, no temperature) and margin ``m``, anchor pair i with an audio
 negative ``j_a`` and a text negative ``j_t`` costs

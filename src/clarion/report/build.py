@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..data.manifest import Manifest, read_manifest
+from ..version import __version__
+from ..data.manifest import Manifest
+from ..data.open import open_source
 from ..evaluate.geometry import modality_gap
 from ..rundir import RunError, atomic_write_text
 from . import plots
@@ -249,9 +250,9 @@ def build_report(
     runs = load_runs(list(run_paths))
     manifest = None
     if data is not None:  # a bad manifest or device fails before any plotting
-        from ..train.loop import resolve_device
+        from ..runtime import resolve_device
 
-        manifest, torch_device = read_manifest(data, "skip"), resolve_device(device)
+        manifest, torch_device = open_source(data, "skip"), resolve_device(device)
     groups = run_groups(runs)
     style = plots.colours_for(list(groups)), plots.linestyles_for(list(groups))
     sections = [run_table(runs, groups), *training_sections(groups, style), *retrieval_sections(runs, groups, style)]

@@ -50,7 +50,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from ..data.audio import AudioError, decode_audio
+from ..audio import AudioError, decode_audio
 from .index import Hit, SearchIndex
 
 PAGE = Path(__file__).parent / "static" / "index.html"

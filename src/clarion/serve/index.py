@@ -39,7 +39,7 @@ import torch
 
 from ..api import AUDIO_EXTENSIONS, ClarionModel, find_audio_files, load
 from ..rundir import RunError, atomic_write, atomic_write_text
-from ..train.distributed import resolve_device
+from ..runtime import resolve_device
 
 log = logging.getLogger("clarion.serve")
 

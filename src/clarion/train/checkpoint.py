@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..rundir import RunError, atomic_write_text, cpu_tensors, sha256
+from ..files import atomic_dir, atomic_write_text, sha256
+from ..rundir import RunError, cpu_tensors
 
 log = logging.getLogger("clarion.train")
 
@@ -120,8 +119,8 @@ def save_checkpoint(
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale(root)  # temporary folders left by a process killed while writing
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
+        # the same step again (end of epoch after a step checkpoint) replaces the folder
+        with atomic_dir(final, exists="replace", fsync=True) as tmp:
             save_file(tensors, str(tmp / "state.safetensors"))
             meta = {
                 "training": state.__dict__,
@@ -131,17 +130,6 @@ def save_checkpoint(
                 "sha256": sha256(tmp / "state.safetensors"),
             }
             (tmp / "state.json").write_text(json.dumps(meta))
-            for part in ("state.safetensors", "state.json"):
-                _fsync(tmp / part)
-            _fsync(tmp)
-            if final.exists():  # the same step again (end of epoch after a step checkpoint): swap
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
-                os.replace(final, old / name)
-            tmp.rename(final)
-            _fsync(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         atomic_write_text(root / "latest", name + "\n")
     except (OSError, SafetensorError) as exc:
         raise CheckpointWriteError(
@@ -160,15 +148,6 @@ def _remove_stale(root: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file (or a folder's entries) to disk, so a crash after the rename finds its data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -65,19 +65,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..objectives import Objective, ObjectiveOutput
+from ..runtime import resolve_device
 
 log = logging.getLogger("clarion.train")
 
 TIMEOUT = timedelta(hours=2)  # collectives wait this long, e.g. for rank 0's validation
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 class AllGather(torch.autograd.Function):

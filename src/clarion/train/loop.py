@@ -5,26 +5,26 @@ Reproducibility: the epoch's batch order comes from ``(seed, epoch)``, each item
 crop from ``(seed, epoch, index)`` and dropout from the global torch RNG, which checkpoints
 save. Resuming at step k of an epoch skips the first k batches of the same order, so a run
 killed anywhere and resumed ends where the uninterrupted run ends. Training on webdataset
-shards streams them instead (:class:`~clarion.data.shards.ShardStream`, same guarantee while
+shards streams them instead (:class:`~clarion.data.shards.stream.ShardStream`, same guarantee while
 the shards and settings are unchanged); :meth:`Trainer._epoch_loader` picks the path.
 
 Under ``torchrun`` each process trains on its share of every global batch (``train.batch_size``
 is the global batch) with DistributedDataParallel, and the objective sees the gathered global
 batch (:mod:`.distributed`). ``train.chunk_size`` embeds a batch in chunks with GradCache
-(:mod:`.gradcache`). In one process without ``chunk_size`` both are no-ops.
+(:mod:`.gradcache`). In one process without ``chunk_size`` both are no-ops; both sit behind one
+call, :meth:`~.embedding.BatchEmbedder.embed`. Diagnostics run as :mod:`.probes` on their own
+schedules.
 
 Numerical safety: a step whose loss or gradient norm is not finite changes nothing (no optimiser
 or scheduler step; BatchNorm statistics and other buffers are restored); it is counted
 (``nonfinite_steps`` in the epoch records) and logged with the manifest rows of its batch, and
-``train.max_nonfinite_steps`` such steps in a row stop the run with :class:`TrainingDiverged`.
+``train.max_nonfinite_steps`` such steps in a row stop the run with :class:`TrainingDiverged`
+(one context, :class:`~.nonfinite.NonFiniteGuard`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import random
 import shutil
 import time
 from collections.abc import Iterable
@@ -32,159 +32,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .. import __version__
+from ..audio import ClipCache
 from ..config import Config
-from ..data.audio import ClipCache
 from ..data.check import validate_training_data
-from ..data.dataset import AudioTextDataset, collate
-from ..data.manifest import Manifest, read_manifest
+from ..data.loaders import AudioTextDataset, collate
 from ..data.noise import corrupt_captions, write_corrupted_pairs
-from ..data.shards import ShardStream, stream_for
-from ..evaluate.embed import autocast_for, evaluate_retrieval
-from ..evaluate.geometry import collapse_diagnostics, drift_diagnostics, plan_mass_by_pair_kind
+from ..data.open import open_source
+from ..data.records import Manifest
+from ..data.shards.stream import ShardStream, stream_for
+from ..evaluate.embed import evaluate_retrieval
 from ..evaluate.retrieval import mean_r1
+from ..files import atomic_write
 from ..models import DualEncoder, build_model, train_tokenizer
 from ..objectives import Objective, diagnostics_as_floats
-from ..rundir import (
-    OBJECTIVE_PREFIX, RunError, atomic_write, atomic_write_text, build_run_objective, load_run_config, load_tokenizer,
-    model_state, save_model,
-)
+from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
+from ..runtime import autocast_for
+from ..version import __version__
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
-from .collapse import CollapseMonitor
-from .distributed import Dist, resolve_device, setup  # noqa: F401  (resolve_device: re-exported)
-from .gradcache import GradCache
+from .distributed import Dist, setup
+from .embedding import BatchEmbedder
+from .metrics import MetricsLog
+from .nonfinite import NonFiniteGuard, TrainingDiverged  # noqa: F401  (TrainingDiverged: part of this module's API)
+from .probes import CollapseMonitor, CollapseProbe, DriftProbe, PlanMassProbe, Probe
+from .schedule import build_optimizer, epoch_batches, seed_everything, warmup_cosine  # noqa: F401  (re-exported)
 
 log = logging.getLogger("clarion.train")
 _SHOWN_ROWS = 8  # rows of a skipped batch named in the log
-
-
-class TrainingDiverged(RunError):
-    """``train.max_nonfinite_steps`` consecutive steps had a non-finite loss or gradient."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_batches(audio_ids: np.ndarray, pairs: str, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The row indices of every batch of ``epoch``; full batches only (drop_last).
-
-    ``pairs="all"``: every row once, shuffled. ``pairs="one_per_clip"``: one random caption
-    row per clip, shuffled.
-    """
-    rng = np.random.default_rng([seed, epoch, 7])
-    if pairs == "all":
-        rows = rng.permutation(len(audio_ids))
-    elif pairs == "one_per_clip":
-        order = rng.permutation(len(audio_ids))  # first occurrence of each clip in a random order
-        _, first = np.unique(audio_ids[order], return_index=True)
-        rows = rng.permutation(order[first])
-    else:
-        raise ValueError(f"data.pairs must be 'all' or 'one_per_clip', got {pairs!r}")
-    n_batches = len(rows) // batch_size
-    if n_batches == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the {len(rows)} training pairs per epoch")
-    return [rows[i * batch_size : (i + 1) * batch_size].tolist() for i in range(n_batches)]
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear 0→1 over ``warmup_steps``, then cosine 1→0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def build_optimizer(cfg: Config, model: DualEncoder, objective: Objective) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and conv kernels only (not biases, norms, objective state).
-
-    Frozen parameters (``requires_grad=False``) are left out. ``train.encoder_lr`` applies to the
-    audio and text encoders, ``train.lr`` to the projection heads and the objective's state. With
-    ``encoder_lr`` None everything runs at ``train.lr`` in two groups (decay, no decay), the
-    layout of checkpoints written before ``encoder_lr`` existed; otherwise the groups are
-    heads (decay, no decay), then encoders (decay, no decay), empty groups dropped, so the
-    first group (whose rate ``metrics.jsonl`` logs) is always the heads'.
-    """
-
-    def split(params: list[torch.nn.Parameter]) -> tuple[list, list]:
-        decay = [p for p in params if p.ndim >= 2]
-        return decay, [p for p in params if p.ndim < 2]
-
-    wd, lr, encoder_lr = cfg.train.weight_decay, cfg.train.lr, cfg.train.encoder_lr
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    objective_params = [p for p in objective.parameters() if p.requires_grad]
-    if encoder_lr is None:
-        decay, no_decay = split(trainable)
-        groups = [
-            {"params": decay, "weight_decay": wd},
-            {"params": no_decay + objective_params, "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(groups, lr=lr)
-    in_encoders = {id(p) for tower in (model.audio_encoder, model.text_encoder) for p in tower.parameters()}
-    head_decay, head_no_decay = split([p for p in trainable if id(p) not in in_encoders])
-    enc_decay, enc_no_decay = split([p for p in trainable if id(p) in in_encoders])
-    groups = [
-        {"params": head_decay, "weight_decay": wd, "lr": lr},
-        {"params": head_no_decay + objective_params, "weight_decay": 0.0, "lr": lr},
-        {"params": enc_decay, "weight_decay": wd, "lr": encoder_lr},
-        {"params": enc_no_decay, "weight_decay": 0.0, "lr": encoder_lr},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
-class MetricsLog:
-    """Appends JSON lines to ``RUN/metrics.jsonl``.
-
-    ``resumed=None`` starts an empty log; a :class:`TrainingState` (the checkpoint a run resumes
-    from) keeps what that state had logged: step records up to its step and the records of the
-    epochs it had finished, so a resumed run drops what the interrupted one logged after its
-    checkpoint and the replay logs it again, once. The kept lines are rewritten atomically.
-    ``path=None`` logs nothing (processes other than rank 0).
-    """
-
-    def __init__(self, path: Path | None, resumed: TrainingState | None):
-        self.path = path
-        self._fh = None
-        if path is None:
-            return
-        kept = []
-        if resumed is not None and path.exists():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    record = json.loads(line)
-                    done = record["epoch"] < resumed.epoch if record["type"] == "epoch" else record["step"] <= resumed.step
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line torn by the interruption
-                if done:
-                    kept.append(line)
-        try:
-            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-            self._fh = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise RunError(f"cannot write {path}: {exc}") from exc
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.write(json.dumps(record) + "\n")
-                self._fh.flush()
-            except OSError as exc:
-                raise RunError(f"cannot write {self.path}: {exc} (disk full?)") from exc
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
 
 
 @dataclass
@@ -229,7 +106,19 @@ class Trainer:
         self.state = TrainingState(epoch=0, step=0, step_in_epoch=0, best_score=-1.0, best_epoch=-1)
         self.skipped_samples = 0
         c = self.cfg.train
+        self.max_grad_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+        self.embedder = BatchEmbedder(self.model, self.forward, self.dist, self.device, c.chunk_size,
+                                      lambda: autocast_for(self.device, c.amp))
+        self.buffers = [b for m in (self.model, self.objective) for b in m.buffers()]  # restored if a step is skipped
+        self.guard = NonFiniteGuard(self.optimizer, lambda: self.state, self.describe_rows, c.max_nonfinite_steps, self.run)
         self.collapse = CollapseMonitor(c.collapse_max_cos, c.collapse_min_rank, c.collapse_patience, c.warmup_steps)
+        self.probes: list[Probe] = []  # in this order: the step records keep their key order
+        if self.corrupted_rows is not None:
+            self.probes.append(PlanMassProbe(self.corrupted_rows))
+        if c.drift_every:
+            self.probes.append(DriftProbe(c.drift_every, self.dist.mean))
+        if c.collapse_every:
+            self.probes.append(CollapseProbe(c.collapse_every, self.collapse))
 
     def _batches(self, epoch: int) -> list[list[int]]:
         c = self.cfg
@@ -276,78 +165,30 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict[str, float] | None:
         """One optimiser step on ``batch`` (this process's share of the global batch); None when
-        the step was skipped (too few rows or a non-finite loss; all processes skip together)."""
-        wave = batch["audio"].to(self.device, non_blocking=True)
-        sizes = self.dist.sizes(len(wave))  # every process's rows: [len(wave)] in one process
+        the step was skipped (too few rows or a non-finite loss or gradient; all processes skip together)."""
+        sizes = self.dist.sizes(len(batch["audio"]))  # every process's rows: [len(batch)] in one process
         if sum(sizes) < 2 or min(sizes) == 0:
             return None
-        audio_ids = batch["audio_id"].to(self.device)
         self.model.train()
         self.objective.train()
-        c = self.cfg.train
-        buffers = [b for m in (self.model, self.objective) for b in m.buffers()]
-        saved = [b.detach().clone() for b in buffers]  # BatchNorm statistics: restored if the step is skipped
-        cache = None
-        if c.chunk_size and len(wave) > c.chunk_size:
-            cache = GradCache(self.model, self.forward, c.chunk_size, self.device, lambda: autocast_for(self.device, c.amp))
-            a, t = cache.embed(wave, batch["caption"])
-        else:
-            with autocast_for(self.device, c.amp):
-                a, t = self.forward(wave, batch["caption"])
-        a, t = a.float(), t.float()
-        a, t, audio_ids, index = self.dist.gather_batch(sizes, a, t, audio_ids, batch["index"])  # the global batch
-        out, loss = self.dist.objective_loss(self.objective, a, t, audio_ids, sizes)
-        if not torch.isfinite(loss):
-            return self._skip_nonfinite("loss", float(loss), index, buffers, saved)
-        if out.plan is not None and self.corrupted_rows is not None:
-            out.diagnostics.update(plan_mass_by_pair_kind(out.plan, self.corrupted_rows[index]))
-        drift = self.cfg.train.drift_every
-        if drift and (self.state.step + 1) % drift == 0:
-            out.diagnostics.update(drift_diagnostics(out.loss, a, t, self.dist.mean))
-            if out.drift is not None:  # the objective's own (e.g. SVR's radius against ‖a − t‖)
-                out.diagnostics.update(out.drift())
-        every = self.cfg.train.collapse_every
-        if every and (self.state.step + 1) % every == 0:
-            stats = collapse_diagnostics(a, t)
-            self.collapse.update(self.state.step + 1, stats)
-            out.diagnostics.update(stats)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()  # under GradCache: to the embeddings and the objective only
-        if cache is not None:
-            cache.backward()  # ... then to the encoders, chunk by chunk
-        self.dist.average_gradients(self.objective_params)  # DDP averages the model's
-        clip = self.cfg.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
-        if not torch.isfinite(grad_norm):  # the same on every process: gradients are averaged first
-            return self._skip_nonfinite("gradient norm", float(grad_norm), index, buffers, saved)
-        self.state.nonfinite_streak = 0
-        self.optimizer.step()
-        self.scheduler.step()
-        self.objective.after_optimizer_step()
-        return diagnostics_as_floats({"loss": loss, "grad_norm": grad_norm, **out.diagnostics})
-
-    def _skip_nonfinite(self, what: str, value: float, index: torch.Tensor, buffers: list, saved: list) -> None:
-        """Undo a step whose ``what`` is ``value`` (NaN/Inf): drop its gradients, restore the
-        buffers its forward pass updated, count and log it; raise :class:`TrainingDiverged` after
-        ``train.max_nonfinite_steps`` in a row."""
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for b, s in zip(buffers, saved):
-                b.copy_(s)
-        st = self.state
-        st.nonfinite_steps += 1
-        st.nonfinite_streak += 1
-        rows = self.describe_rows(index.tolist())
-        log.warning("non-finite %s (%s) after step %d (epoch %d, batch %d); step skipped (%d in a row, %d in all); rows: %s",
-                    what, value, st.step, st.epoch + 1, st.step_in_epoch + 1, st.nonfinite_streak, st.nonfinite_steps, rows)
-        limit = self.cfg.train.max_nonfinite_steps
-        if st.nonfinite_streak >= limit:
-            raise TrainingDiverged(
-                f"training stopped: {st.nonfinite_streak} consecutive steps had a non-finite loss or gradient "
-                f"(train.max_nonfinite_steps={limit}; last: {what} {value} after step {st.step}, epoch {st.epoch + 1}, "
-                f"rows {rows}). The weights are those of the last finite step; checkpoints in {self.run / 'checkpoints'} "
-                "are intact. Lower train.lr, check the data (clarion data check), or raise train.max_nonfinite_steps."
-            )
+        step = self.state.step + 1
+        with self.guard.step(self.buffers) as guard:  # a NaN/Inf loss or gradient undoes the step
+            emb = self.embedder.embed(batch, sizes)  # the global batch (GradCache, all-gather)
+            guard.rows = emb.index
+            out, loss = self.dist.objective_loss(self.objective, emb.a, emb.t, emb.audio_ids, sizes)
+            guard.check("loss", loss)
+            for probe in self.probes:
+                if probe.due(step):
+                    out.diagnostics.update(probe(step, out, emb))
+            self.optimizer.zero_grad(set_to_none=True)
+            emb.backward(out.loss)
+            self.dist.average_gradients(self.objective_params)  # DDP averages the model's
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+            guard.check("gradient norm", grad_norm)  # the same on every process: gradients are averaged first
+            self.optimizer.step()
+            self.scheduler.step()
+            self.objective.after_optimizer_step()
+            return diagnostics_as_floats({"loss": loss, "grad_norm": grad_norm, **out.diagnostics})
         return None
 
     def describe_rows(self, rows: list[int]) -> str:
@@ -488,8 +329,8 @@ def _train(cfg: Config, run: Path, resume: bool, dist: Dist) -> dict[str, Any]:
 
     # webdataset shards are streamed (data.stream); anything else is a manifest
     stream = stream_for(cfg, dist.row_range(cfg.train.batch_size) if dist.enabled else None)
-    train_set = None if stream else read_manifest(cfg.data.train, cfg.data.on_bad_sample)
-    val_set = read_manifest(cfg.data.val, cfg.data.on_bad_sample) if cfg.data.val else None
+    train_set = None if stream else open_source(cfg.data.train, cfg.data.on_bad_sample)
+    val_set = open_source(cfg.data.val, cfg.data.on_bad_sample) if cfg.data.val else None
     log.info("train: %s", stream.index.summary() if stream else train_set.summary())
     corrupted_rows = None
     if cfg.data.noise_ratio > 0:

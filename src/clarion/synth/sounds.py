@@ -1,4 +1,4 @@
-"""Sound renderers for the synthetic scenes of :mod:`clarion.data.synth`.
+"""Sound renderers for the synthetic scenes of :mod:`clarion.synth.generate`.
 
 Each sound type renders one occurrence of an event: a float64 waveform of a requested
 length, peak-normalised to 1 and faded in and out so that it starts and stops without a

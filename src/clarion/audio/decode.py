@@ -1,4 +1,4 @@
-"""Audio decoding, length fitting, an on-disk clip cache and the log-mel front end.
+"""Audio decoding and length fitting (the clip cache is :mod:`.cache`, the log-mel front end :mod:`.features`).
 
 Decoding uses soundfile (wav/flac/ogg/aiff, ...) and resampling uses soxr; every
 failure to produce usable samples surfaces as :class:`AudioError`.
@@ -11,18 +11,15 @@ blocks of at most :data:`BLOCK_SAMPLES` and mixed down to mono block by block, u
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 
 _DECODE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
 BLOCK_SAMPLES = 1 << 22  # interleaved samples per read (16 MiB as float32)
@@ -154,144 +151,3 @@ def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None
     if n < n_samples:
         return np.pad(wave, (0, n_samples - n))
     return wave
-
-
-class ClipCache:
-    """On-disk cache of decoded, resampled clips as ``.npy`` files under ``root``.
-
-    An entry is keyed by sha1 of (absolute path, size, mtime_ns, sample_rate, max_seconds),
-    so an edited file or other decode settings never reuse a stale entry. Entries are
-    written to a temporary file in their folder and moved in place with ``os.replace``,
-    which keeps concurrent DataLoader workers safe. Decode errors are not cached.
-    ``hits`` and ``misses`` count lookups in this process.
-    """
-
-    def __init__(self, root: str | os.PathLike, sample_rate: int, max_seconds: float | None = None):
-        self.root = Path(root)
-        self.sample_rate = sample_rate
-        self.max_seconds = max_seconds
-        self.hits = 0
-        self.misses = 0
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def entry(self, path: str | os.PathLike) -> Path:
-        """Where the decoded clip of ``path`` (as it is now on disk) is stored."""
-        path = os.path.abspath(path)
-        problem = file_problem(path)
-        if problem is not None:
-            raise AudioError(path, problem)
-        st = os.stat(path)
-        key = repr((path, st.st_size, st.st_mtime_ns, self.sample_rate, self.max_seconds))
-        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
-        return self.root / digest[:2] / f"{digest}.npy"
-
-    def load(self, path: str | os.PathLike) -> np.ndarray:
-        """The float32 waveform [n] of ``path``, from the cache or decoded by :func:`read_audio`."""
-        entry = self.entry(path)
-        if entry.exists():
-            try:
-                wave = np.load(entry, allow_pickle=False)
-            except (OSError, ValueError):
-                pass  # unreadable entry: decode again and overwrite it
-            else:
-                self.hits += 1
-                return wave
-        self.misses += 1
-        wave = read_audio(path, self.sample_rate, self.max_seconds)
-        self._store(entry, wave)
-        return wave
-
-    @staticmethod
-    def _store(entry: Path, wave: np.ndarray) -> None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=entry.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, wave, allow_pickle=False)
-            os.replace(tmp, entry)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-
-
-def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-    """HTK mel scale: ``mel = 2595 * log10(1 + f / 700)``."""
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-
-def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
-    """Inverse of :func:`hz_to_mel`: ``f = 700 * (10^(m / 2595) - 1)``."""
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
-    """Triangular HTK mel filters, shape [n_fft // 2 + 1, n_mels], peak 1 (no area normalisation).
-
-    With edges ``e_0 < ... < e_{n_mels+1}`` equally spaced in mel between f_min and f_max
-    (converted to Hz) and FFT bin frequencies ``f_k = k * sample_rate / n_fft``, filter m is
-    ``W[k, m] = max(0, min((f_k - e_m) / (e_{m+1} - e_m), (e_{m+2} - f_k) / (e_{m+2} - e_{m+1})))``.
-    """
-    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
-    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
-    rising = (freqs[:, None] - lower) / (centre - lower)
-    falling = (upper - freqs[:, None]) / (upper - centre)
-    return torch.from_numpy(np.maximum(0.0, np.minimum(rising, falling))).float()
-
-
-class LogMel(torch.nn.Module):
-    """Log mel spectrogram: wave [B, n] -> ``log(|STFT|^2 @ W + 1e-6)`` [B, n_mels, 1 + n // hop_length].
-
-    The STFT uses a periodic Hann window of length n_fft, centred frames and reflect
-    padding; ``W`` is :func:`mel_filterbank`. The computation always runs in float32,
-    also under autocast. Window and filterbank are non-persistent buffers: they follow
-    ``.to(device)`` but are not written to checkpoints.
-    """
-
-    def __init__(
-        self,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop_length: int = 160,
-        n_mels: int = 64,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-    ):
-        super().__init__()
-        f_max = sample_rate / 2 if f_max is None else f_max
-        if not 0 <= f_min < f_max <= sample_rate / 2:
-            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}")
-        self.sample_rate = sample_rate
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.n_mels = n_mels
-        self.f_min = f_min
-        self.f_max = f_max
-        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
-        self.register_buffer(
-            "filterbank", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max), persistent=False
-        )
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() != 2:
-            raise ValueError(f"LogMel expects a wave of shape [B, n], got {tuple(wave.shape)}")
-        with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.stft(
-                wave.float(),
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                win_length=self.n_fft,
-                window=self.window.float(),
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            power = spec.real.square() + spec.imag.square()
-            mel = (power.transpose(1, 2) @ self.filterbank.float()).transpose(1, 2)
-            return torch.log(mel + 1e-6)
-
-    def extra_repr(self) -> str:
-        return (
-            f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
-            f"n_mels={self.n_mels}, f_min={self.f_min}, f_max={self.f_max}"
-        )

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioError, ClipCache, fit_length, read_audio
-from .manifest import POLICIES, BadRow, BadSampleError, Manifest
+from ..audio import AudioError, ClipCache, fit_length, read_audio
+from ..config import OnBadSample
+from .records import BadRow, BadSampleError, Manifest
 
 logger = logging.getLogger("clarion.data")
 
@@ -32,11 +33,9 @@ class _ClipLoader:
         sample_rate: int,
         clip_seconds: float,
         cache: ClipCache | None,
-        on_bad_sample: str,
+        on_bad_sample: OnBadSample,
         max_seconds: float | None,
     ):
-        if on_bad_sample not in POLICIES:
-            raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         if cache is not None and cache.sample_rate != sample_rate:
             raise ValueError(f"cache decodes at {cache.sample_rate} Hz but the dataset needs {sample_rate} Hz")
         if cache is not None and max_seconds is not None and cache.max_seconds != max_seconds:
@@ -89,7 +88,7 @@ class AudioTextDataset(torch.utils.data.Dataset):
         clip_seconds: float,
         train: bool,
         cache: ClipCache | None = None,
-        on_bad_sample: str = "skip",
+        on_bad_sample: OnBadSample = "skip",
         seed: int = 0,
         max_seconds: float | None = None,
     ):
@@ -128,7 +127,7 @@ class ClipDataset(torch.utils.data.Dataset):
         sample_rate: int,
         clip_seconds: float,
         cache: ClipCache | None = None,
-        on_bad_sample: str = "skip",
+        on_bad_sample: OnBadSample = "skip",
         max_seconds: float | None = None,
     ):
         self.manifest = manifest

@@ -1,4 +1,4 @@
-"""Caption grammar for the synthetic scenes of :mod:`clarion.data.synth`.
+"""Caption grammar for the synthetic scenes of :mod:`clarion.synth.generate`.
 
 A caption is generated in two steps. :func:`sample_plan` decides, independently of the
 language, WHAT a caption says: which events it mentions (grouped in time order; a group of

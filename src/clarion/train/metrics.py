@@ -1,0 +1,55 @@
+"""``RUN/metrics.jsonl``: one JSON record per logged step and per epoch (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_text
+from ..rundir import RunError
+from .checkpoint import TrainingState
+
+
+class MetricsLog:
+    """Appends JSON lines to ``RUN/metrics.jsonl``.
+
+    ``resumed=None`` starts an empty log; a :class:`TrainingState` (the checkpoint a run resumes
+    from) keeps what that state had logged: step records up to its step and the records of the
+    epochs it had finished, so a resumed run drops what the interrupted one logged after its
+    checkpoint and the replay logs it again, once. The kept lines are rewritten atomically.
+    ``path=None`` logs nothing (processes other than rank 0).
+    """
+
+    def __init__(self, path: Path | None, resumed: TrainingState | None):
+        self.path = path
+        self._fh = None
+        if path is None:
+            return
+        kept = []
+        if resumed is not None and path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                    done = record["epoch"] < resumed.epoch if record["type"] == "epoch" else record["step"] <= resumed.step
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line torn by the interruption
+                if done:
+                    kept.append(line)
+        try:
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+            self._fh = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise RunError(f"cannot write {path}: {exc}") from exc
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.write(json.dumps(record) + "\n")
+                self._fh.flush()
+            except OSError as exc:
+                raise RunError(f"cannot write {self.path}: {exc} (disk full?)") from exc
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
