@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from clarion.config import load_config
+from clarion.models import load_model_config
 from clarion.data.manifest import read_manifest
 from clarion.evaluate.embed import embed_captions, embed_clips
 from clarion.rundir import load_model
@@ -47,7 +47,7 @@ def main() -> None:
             data = tmp / "synth"
             generate(data, n_train=args.clips, n_val=max(args.clips // 4, 2), n_test=8, seed=0)
         device = resolve_device(args.device)
-        cfg = load_config(None, [
+        cfg = load_model_config(None, [
             f"data.train={data / 'train.csv'}", f"data.cache_dir={tmp / 'cache'}", "data.pairs=one_per_clip",
             f"data.num_workers={args.workers}", f"train.batch_size={args.batch_size}", "train.epochs=2",
             f"train.device={device}", *args.overrides,
