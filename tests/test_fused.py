@@ -19,6 +19,8 @@ from clarion.objectives.fused import (
 )
 from clarion.objectives.tiled import tiled_sigmoid_pairs, tiled_symmetric_cross_entropy
 
+from objective_cases import BLOCKWISE_OBJECTIVES, loss_and_grads
+
 CUDA = torch.cuda.is_available() and not fused.INTERPRET
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 KERNEL_SKIP = unavailable_reason(torch.empty(0, device=DEVICE))
@@ -185,24 +187,8 @@ def test_default_blocks_with_a_wide_embedding():
 
 # ---------------------------------------------------------------------------------------- objectives
 
-OBJECTIVES = [
-    ("infonce", {}),
-    ("infonce", {"multi_positive": True}),
-    ("siglip", {}),
-    ("infonce+svr", {"radius": "static"}),
-    ("siglip+svr", {"radius": "static", "sides": "uni"}),
-]
-
-
-def objective_loss_and_grads(objective, a, t, ids):
-    a, t = a.clone().requires_grad_(), t.clone().requires_grad_()
-    out = objective(a, t, ids)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    return out.loss.detach(), torch.autograd.grad(out.loss, [a, t, *params])
-
-
 @needs_kernels
-@pytest.mark.parametrize("name, options", OBJECTIVES)
+@pytest.mark.parametrize("name, options", BLOCKWISE_OBJECTIVES)
 def test_fused_objective_equals_dense(name, options):
     """``kernel=fused``: loss and gradients (embeddings and learnable state) equal the dense objective's."""
     ids = torch.tensor(IDS["duplicates"], device=DEVICE)
@@ -210,8 +196,8 @@ def test_fused_objective_equals_dense(name, options):
     dense = build_objective(name, options).to(DEVICE)
     fast = build_objective(name, {**options, "kernel": "fused"}).to(DEVICE)
     fast.load_state_dict(dense.state_dict())
-    loss, grads = objective_loss_and_grads(dense, a, t, ids)
-    fused_loss, fused_grads = objective_loss_and_grads(fast, a, t, ids)
+    loss, grads = loss_and_grads(dense, a, t, ids)
+    fused_loss, fused_grads = loss_and_grads(fast, a, t, ids)
     assert float(fused_loss) == pytest.approx(float(loss), rel=1e-5)
     for got, expected in zip(fused_grads, grads):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

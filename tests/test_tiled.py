@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from clarion.objectives import build_objective
 from clarion.objectives.tiled import tiled_sigmoid_pairs, tiled_softmax_cross_entropy, tiled_symmetric_cross_entropy
 
+from objective_cases import BLOCKWISE_OBJECTIVES, loss_and_grads
+
 
 def unit(n: int, d: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -89,24 +91,7 @@ def test_sigmoid_pairs_gradients_match_finite_differences():
     )
 
 
-OBJECTIVES = [
-    ("infonce", {}),
-    ("infonce", {"multi_positive": True}),
-    ("siglip", {}),
-    ("infonce+svr", {"radius": "static"}),
-    ("siglip+svr", {"radius": "static", "sides": "uni"}),
-]
-
-
-def loss_and_grads(objective, a, t, ids):
-    a, t = a.clone().requires_grad_(), t.clone().requires_grad_()
-    out = objective(a, t, ids)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(out.loss, [a, t, *params])
-    return out.loss.detach(), grads
-
-
-@pytest.mark.parametrize("name, options", OBJECTIVES)
+@pytest.mark.parametrize("name, options", BLOCKWISE_OBJECTIVES)
 def test_tiled_objective_equals_untiled(name, options):
     """Loss and gradients (embeddings and learnable state) of ``tile=T`` equal the dense objective's to 1e-5."""
     ids = torch.tensor([0, 0, 1, 2, 3, 3, 3, 4, 5, 6, 7, 7, 8, 9, 10, 11, 12, 12, 13, 14, 15, 16, 17])
