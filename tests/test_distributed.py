@@ -26,7 +26,7 @@ from torch import nn
 from clarion.config import load_config
 from clarion.objectives import build_objective
 from clarion.train.checkpoint import find_checkpoint
-from clarion.train.distributed import Dist, setup
+from clarion.train.distributed import Dist, setup, shutdown_process_group
 from clarion.train.gradcache import GradCache
 from clarion.train.loop import epoch_batches, train
 
@@ -113,8 +113,10 @@ def _objectives_worker(rank: int, init: str) -> None:
             _one_case(d, name, options, [3, 5])
         _one_case(d, "infonce", {}, [B // 2, B // 2], chunk_size=3)  # GradCache under DDP
         _one_case(d, "mltm", {"partial_mass": 0.8}, [B // 2, B // 2], chunk_size=2)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        shutdown_process_group(clean=False)
+        raise
+    shutdown_process_group()
 
 
 def test_gathered_objectives_match_one_process(tmp_path):

@@ -251,9 +251,20 @@ class Dist:
         if cuda is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(cuda, self.device)
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Destroy the process group this object started; after a clean run, first wait for every rank."""
         if self.started:
-            dist.destroy_process_group()
+            shutdown_process_group(clean)
+
+
+def shutdown_process_group(clean: bool = True) -> None:
+    """Destroy the process group; when ``clean`` (every rank finished the same collectives), first
+    wait for all ranks. Without that barrier a rank can tear gloo down while a peer's last send is
+    still in flight, which aborts the process at exit ("terminate called without an active
+    exception"). After an error no barrier: the other ranks may be inside another collective."""
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def setup(device_name: str, batch_size: int) -> Dist:

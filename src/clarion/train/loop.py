@@ -313,9 +313,12 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
         validate_training_data(cfg)
     dist = setup(cfg.train.device, cfg.train.batch_size)  # the single process unless under torchrun
     try:
-        return _train(cfg, run, resume, dist)
-    finally:
-        dist.close()
+        summary = _train(cfg, run, resume, dist)
+    except BaseException:
+        dist.close(clean=False)
+        raise
+    dist.close()
+    return summary
 
 
 def _train(cfg: Config, run: Path, resume: bool, dist: Dist) -> dict[str, Any]:
