@@ -59,13 +59,15 @@ def hf_audio(model, processor, waves: list[np.ndarray], is_longer: list[bool] | 
     f = processor.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     longer = f["is_longer"] if is_longer is None else torch.tensor(is_longer)[:, None]
     with torch.no_grad():
-        return model.get_audio_features(input_features=f["input_features"], is_longer=longer).pooler_output
+        out = model.get_audio_features(input_features=f["input_features"], is_longer=longer)
+    return getattr(out, "pooler_output", out)  # transformers 5: an output object; 4: the tensor
 
 
 def hf_text(model, processor, texts: list[str]) -> torch.Tensor:
     enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        return model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+        out = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    return getattr(out, "pooler_output", out)
 
 
 def waves(n: int, length: int, seed: int) -> list[np.ndarray]:
@@ -165,6 +167,31 @@ def test_run_directory_round_trip(clap_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.embed_audio(batch), model.embed_audio(batch), atol=0, rtol=0)
         torch.testing.assert_close(loaded.embed_text(CAPTIONS), model.embed_text(CAPTIONS), atol=0, rtol=0)
+
+
+RECIPES = sorted((Path(__file__).parents[1] / "configs").glob("finetune_clap_*.yaml"))
+VARIANTS = {  # the objective variants the recipes' comments give
+    "infonce": [],
+    "infonce+svr": ["objective.name=infonce+svr", "radius=dynamic", "sides=bi"],
+    "mltm": ["objective.name=mltm", "metric=projected", "eps=0.05"],
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_finetune_recipes_build_from_a_clap_folder(recipe, unfused_dir):
+    assert len(RECIPES) == 2
+    for name, overrides in VARIANTS.items():
+        cfg = load_model_config(recipe, [f"model.clap_pretrained={unfused_dir}", *overrides])
+        assert (cfg.objective.name, cfg.model.embed_dim, cfg.audio.clip_seconds) == (name, PROJECTION_DIM, WINDOW_SECONDS)
+        objective = build_run_objective(cfg)
+        if name == "mltm":  # no temperature to set
+            assert "init_temperature" not in cfg.objective.options
+        else:
+            temperature = objective.temperature if name == "infonce" else objective.base.temperature
+            expected = transformers.ClapModel.from_pretrained(unfused_dir).logit_scale_a.item()
+            assert temperature.logit_scale.item() == pytest.approx(expected, rel=1e-6)
+    model = build_model(cfg, train_tokenizer(CAPTIONS, 50))
+    assert type(model.audio_projection).__name__ == "ClapProjectionLayer"
 
 
 # ------------------------------------------------------------------------------------------
