@@ -119,6 +119,7 @@ def test_long_clip_embedding_is_deterministic(clap_dir):
     others = torch.from_numpy(np.stack(waves(2, 4 * WINDOW + 55, seed=4)))
     numpy_state = np.random.get_state()[1].copy()
     with torch.no_grad():
+        model.embed_audio(torch.from_numpy(np.stack(waves(2, WINDOW // 2, seed=5))))  # short clips too
         first = model.embed_audio(long)
         again = model.embed_audio(long)
         in_batch = model.embed_audio(torch.cat([others[:1], long, others[1:]]))[1:2]
@@ -146,6 +147,19 @@ def test_embed_dim_contradicting_projection_dim_is_an_error(clap_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(Exception, match="not a full ClapModel"):
         clap_config(tmp_path)
+
+
+def test_missing_or_wrong_clap_folder_is_one_line_error(tone_data, tmp_path, capsys):
+    from clarion.cli import main
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    for folder, message in ((tmp_path / "nothing", "cannot load CLAP model"), (bert, "not a full ClapModel")):
+        args = ["train", "--train", str(tone_data["train"]), "--out", str(tmp_path / "run"), "model.audio_encoder=hf-clap",
+                "model.text_encoder=hf-clap", f"model.clap_pretrained={folder}"]
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_run_directory_round_trip(clap_dir, tmp_path):

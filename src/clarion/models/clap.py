@@ -247,6 +247,8 @@ class ClapAudioTower(nn.Module):
                 if len(clip) > self.window:
                     start = self._draw(len(clip) - self.window + 1) if self.training else 0
                     clip = clip[start : start + self.window]
+                # one clip per call: the extractor's random is_longer flip then draws from a range of one
+                # (numpy's global RNG is not advanced), and its flag is replaced by ours anyway
                 out = fe([clip], sampling_rate=self.sample_rate, truncation=mode, padding=fe.padding, return_tensors="np")
                 mel, is_longer = out["input_features"][0], False
             mels.append(np.asarray(mel, dtype=np.float32))
