@@ -208,6 +208,37 @@ def test_finetune_recipes_build_from_a_clap_folder(recipe, unfused_dir):
     assert type(model.audio_projection).__name__ == "ClapProjectionLayer"
 
 
+def test_training_crops_are_seeded_so_resume_is_exact(tone_data, tmp_path):
+    """Clips twice the window: in training the fused tower draws its chunks from torch's
+    checkpointed generator, so rolling back to the epoch-1 checkpoint and resuming gives the
+    same weights as the uninterrupted run, while another seed gives other weights."""
+    import shutil
+
+    from clarion.files import sha256
+    from clarion.train.loop import train
+
+    clap = save_tiny_clap(tmp_path / "clap", fused=True)
+
+    def cfg(seed: int):
+        return clap_config(
+            clap, f"data.train={tone_data['train']}", "train.epochs=2", "train.batch_size=16", "audio.clip_seconds=2.0",
+            "train.warmup_steps=0", "train.lr=0.003", "data.num_workers=0", f"train.seed={seed}", "train.device=cpu",
+            "train.drift_every=0", "train.collapse_every=0",
+        )
+
+    train(cfg(0), tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "rolled")
+    checkpoints = tmp_path / "rolled" / "checkpoints"
+    steps = sorted(p.name for p in checkpoints.glob("step_*"))
+    assert len(steps) == 2
+    shutil.rmtree(checkpoints / steps[-1])
+    (checkpoints / "latest").write_text(steps[0] + "\n")
+    train(cfg(0), tmp_path / "rolled", resume=True)
+    assert sha256(tmp_path / "rolled" / "model.safetensors") == sha256(tmp_path / "full" / "model.safetensors")
+    train(cfg(1), tmp_path / "other")
+    assert sha256(tmp_path / "other" / "model.safetensors") != sha256(tmp_path / "full" / "model.safetensors")
+
+
 # ------------------------------------------------------------------------------------------
 # hf-clap:PATH and the export to Hugging Face
 
