@@ -145,7 +145,7 @@ def test_embed_dim_contradicting_projection_dim_is_an_error(clap_dir, tmp_path):
     assert clap_config(clap_dir, "init_temperature=0.2").objective.options["init_temperature"] == 0.2
     # a folder that is not a full ClapModel
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(Exception, match="not a full ClapModel"):
+    with pytest.raises(ConfigError, match="not a full ClapModel"):
         clap_config(tmp_path)
 
 

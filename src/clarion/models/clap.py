@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from .hf import HfLoadError, _check_loading, _offline, _saved_dir, _source, _transformers
 
 CLAP_PREFIX = "hf-clap:"
@@ -100,12 +101,15 @@ def clap_settings(name: str) -> dict[str, Any] | None:
     """What the config resolution needs from a CLAP folder, read from its JSON files without
     transformers: ``projection_dim``, ``sample_rate``, ``window_seconds`` (the model window),
     ``max_tokens`` (text positions: ``max_position_embeddings − 2``, RoBERTa's offset).
-    None when the folder (or its ``config.json``) cannot be found here."""
+    None when the folder (or its ``config.json``) cannot be found here; :class:`ConfigError` when
+    it holds another kind of model."""
     config = _read_json(name, "config.json")
     if config is None:
         return None
     if config.get("model_type") != "clap":
-        raise HfLoadError(f"{name!r} holds a {config.get('model_type')!r} model, not a full ClapModel (model_type 'clap')")
+        raise ConfigError(
+            f"model.clap_pretrained={name} holds a {config.get('model_type')!r} model, not a full ClapModel (model_type 'clap')"
+        )
     settings: dict[str, Any] = {"projection_dim": int(config.get("projection_dim", 512))}
     positions = (config.get("text_config") or {}).get("max_position_embeddings")
     if isinstance(positions, int) and positions > 2:
