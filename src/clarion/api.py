@@ -41,7 +41,8 @@ from .files import atomic_dir
 from .audio import AudioError, fit_length, read_audio
 from .evaluate.zeroshot import DEFAULT_PROMPT, class_embeddings
 from .models import DualEncoder
-from .rundir import RunError, load_model, load_tokenizer, read_objective_state, save_model
+from .models.clap import is_clap_spec
+from .rundir import RunError, load_model, load_tokenizer, pretrained_clap_run, read_objective_state, save_model
 from .runtime import resolve_device
 
 log = logging.getLogger("clarion.api")
@@ -54,11 +55,17 @@ AudioInput = str | os.PathLike | np.ndarray | torch.Tensor  # a file, or a 1-D w
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto") -> ClarionModel:
     """The model of a run directory or an export directory (:meth:`ClarionModel.save`), in
-    eval mode on ``device`` ("auto": CUDA when available, else CPU)."""
+    eval mode on ``device`` ("auto": CUDA when available, else CPU). ``"hf-clap:PATH"``: a
+    pretrained Hugging Face CLAP folder (or cached hub id) as an untrained model
+    (:func:`clarion.rundir.pretrained_clap_run`); ``save`` turns it into an export directory."""
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if is_clap_spec(path):
+        cfg, tokenizer, model, objective = pretrained_clap_run(str(path))
+        meta = {"format": "hf-clap", "source": str(path)}
+        return ClarionModel(cfg, model.to(device), tokenizer, objective.state_dict(), meta, Path(str(path)))
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"no model at {path}: expected a run or export directory")
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        raise RunError(f"no model at {path}: expected a run or export directory (or hf-clap:PATH)")
     cfg, model = load_model(path, device)
     meta_path = path / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

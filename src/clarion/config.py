@@ -96,10 +96,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    audio_encoder: str = "cnn"  # cnn | panns-cnn14 | panns-resnet38 | hf
-    text_encoder: str = "transformer"  # transformer | hf | minilm-packaged
+    audio_encoder: str = "cnn"  # cnn | panns-cnn14 | panns-resnet38 | hf | hf-clap
+    text_encoder: str = "transformer"  # transformer | hf | minilm-packaged | hf-clap
     audio_pretrained: str | None = None  # panns-*: official .pth file (None: random init); hf: local dir or cached hub id
     text_pretrained: str | None = None  # hf: local dir or cached hub id (nothing is downloaded)
+    # hf-clap (either tower): a full Hugging Face ClapModel folder or cached hub id; both towers,
+    # both projection heads and the objective's initial temperature come from it
+    clap_pretrained: str | None = None
     # PANNs channel base (64 = the official size; smaller only for tests / from scratch)
     panns_width: int = ranged(_positive, "positive", default=64)
     freeze_audio: bool = False  # no gradients, eval mode (BatchNorm, dropout) for the audio encoder
@@ -278,9 +281,30 @@ def read_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     shorthand for it (``clarion train --objective mltm partial_mass=0.9``). Returns the tree and
     whether ``audio.sample_rate`` was given (by the file or an override): the model layer then
     makes the rate follow the audio encoder (:func:`clarion.models.resolve_sample_rate`), which
-    this layer knows nothing about.
+    this layer knows nothing about. :func:`read_config_keys` returns every key given.
     """
+    cfg, given = read_config_keys(path, overrides)
+    return cfg, "audio.sample_rate" in given
+
+
+def _given_keys(data: Any, prefix: str) -> set[str]:
+    """Dotted keys of a nested mapping, leaves and sections (``{"a": {"b": 1}}`` → a, a.b)."""
+    keys: set[str] = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            keys.add(f"{prefix}{key}")
+            keys |= _given_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def read_config_keys(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[Config, frozenset[str]]:
+    """:func:`read_config`'s tree and the dotted keys the file or the overrides gave
+    (``objective.options.init_temperature``, ``model.embed_dim``, …), so the model layer can make
+    settings that were not given follow a pretrained model and refuse ones that contradict it."""
     data = Config().to_dict()
+    given: set[str] = set()
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -288,9 +312,7 @@ def read_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         _check_size(loaded, path)
         _merge(data, loaded, "")
-        rate_given = isinstance(loaded, dict) and isinstance(loaded.get("audio"), dict) and "sample_rate" in loaded["audio"]
-    else:
-        rate_given = False
+        given |= _given_keys(loaded, "")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -298,9 +320,10 @@ def read_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key = key.strip()
         if "." not in key:
             key = f"objective.options.{key}"
-        _set_path(data, key, yaml.safe_load(raw) if raw.strip() else None)
-        rate_given = rate_given or key == "audio.sample_rate"
-    return config_from_dict(data), rate_given
+        value = yaml.safe_load(raw) if raw.strip() else None
+        _set_path(data, key, value)
+        given |= {key} | _given_keys(value, key + ".")
+    return config_from_dict(data), frozenset(given)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

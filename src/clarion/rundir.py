@@ -11,6 +11,11 @@
     RUN/metrics.jsonl        one JSON object per logged step / epoch
 
 Everything is safetensors + JSON: loading a run never unpickles anything.
+
+Wherever a run or export directory is read, ``hf-clap:PATH`` (a pretrained Hugging Face CLAP
+folder or cached hub id) stands for an untrained run built in memory by
+:func:`pretrained_clap_run`: both CLAP towers and heads, the InfoNCE objective at CLAP's
+temperature, ``audio.clip_seconds`` = the CLAP window.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from tokenizers import Tokenizer
 
 from .config import Config, ConfigError
 from .files import atomic_dir, atomic_write, atomic_write_text, sha256  # noqa: F401  (part of this module's API)
-from .models import DualEncoder, build_model, load_model_config
+from .models import DualEncoder, build_model, load_model_config, train_tokenizer
+from .models.clap import clap_spec_source, is_clap_spec
 from .objectives import Objective, build_objective
 
 OBJECTIVE_PREFIX = "objective."
@@ -79,7 +85,26 @@ def save_model(
         raise RunError(f"cannot write {weights}: {exc} (disk full or not writable?); the previous file is intact") from exc
 
 
+def pretrained_clap_run(spec: str | Path) -> tuple[Config, Tokenizer, DualEncoder, Objective]:
+    """``hf-clap:PATH`` as a run: (config, tokenizer, model in eval mode, objective), nothing
+    written. The config is what ``model.audio_encoder=hf-clap model.text_encoder=hf-clap
+    model.clap_pretrained=PATH`` resolves to (:func:`clarion.models.resolve_pretrained`); the
+    clarion tokenizer is an empty placeholder (CLAP's own tokenizer does the work)."""
+    source = clap_spec_source(spec)
+    try:
+        cfg = load_model_config(
+            None, ["model.audio_encoder=hf-clap", "model.text_encoder=hf-clap", f"model.clap_pretrained={source}"]
+        )
+        tokenizer = train_tokenizer([], cfg.model.vocab_size)
+        model = build_model(cfg, tokenizer)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RunError(f"{spec}: cannot build the pretrained CLAP: {exc}") from exc
+    return cfg, tokenizer, model.eval(), build_run_objective(cfg).eval()
+
+
 def load_run_config(run: Path) -> Config:
+    if is_clap_spec(run):
+        return pretrained_clap_run(run)[0]
     path = run / "config.yaml"
     if not path.is_file():
         raise RunError(f"{run} is not a clarion run: {path.name} is missing")
@@ -90,6 +115,8 @@ def load_run_config(run: Path) -> Config:
 
 
 def load_tokenizer(run: Path) -> Tokenizer:
+    if is_clap_spec(run):
+        return train_tokenizer([], 1)
     path = run / "tokenizer.json"
     if not path.is_file():
         raise RunError(f"{run}: tokenizer.json is missing")
@@ -143,7 +170,10 @@ def read_objective_state(run: str | Path) -> dict[str, torch.Tensor]:
 def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DualEncoder]:
     """Rebuild the dual encoder of a run from its config + tokenizer (and the pretrained towers'
     files in ``RUN/text_encoder/``, ``RUN/audio_encoder/``; the original model paths are not
-    needed) and load its best weights."""
+    needed) and load its best weights. ``hf-clap:PATH``: :func:`pretrained_clap_run`'s model."""
+    if is_clap_spec(run):
+        cfg, _, model, _ = pretrained_clap_run(run)
+        return cfg, model.to(device).eval()
     run = Path(run)
     cfg = load_run_config(run)
     try:
@@ -162,6 +192,8 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Con
 
 def load_objective(run: str | Path, device: str | torch.device = "cpu") -> Objective:
     """The run's objective with its learned state (temperature, radius predictor, metric M)."""
+    if is_clap_spec(run):
+        return pretrained_clap_run(run)[3].to(device).eval()
     run = Path(run)
     objective = build_run_objective(load_run_config(run))
     state = {k[len(OBJECTIVE_PREFIX) :]: v for k, v in read_weights(run).items() if k.startswith(OBJECTIVE_PREFIX)}

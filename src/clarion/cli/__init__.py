@@ -40,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ..audio import AudioError
     from ..data.records import ManifestError
+    from ..models.hf import HfLoadError
     from ..rundir import RunError
 
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, RunError, AudioError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, RunError, AudioError, HfLoadError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("CLARION_DEBUG"):
             raise
         print(f"clarion {args.command}: error: {exc}", file=sys.stderr)

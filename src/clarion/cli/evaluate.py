@@ -30,7 +30,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run_and_data(p: argparse.ArgumentParser, data_help: str, json_help: str) -> None:
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="run or export directory, or hf-clap:PATH (a pretrained Hugging Face CLAP "
+                   "folder or cached hub id, used untrained)")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--json", type=Path, help=json_help)
     add_device(p)

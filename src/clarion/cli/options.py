@@ -37,7 +37,8 @@ def add_on_bad_sample(p: argparse.ArgumentParser, default: str | None = "skip") 
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="run or export directory")
+    p.add_argument("--model", required=True, type=Path, help="run or export directory, or hf-clap:PATH (a pretrained "
+                   "Hugging Face CLAP folder or cached hub id, used untrained)")
 
 
 def add_batch_size(p: argparse.ArgumentParser, default: int | None = 32) -> None:

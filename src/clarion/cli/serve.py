@@ -49,21 +49,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "export", None, "export a run's model as a self-contained folder",
-                    description="Write the model of a run (or of another export) to OUT: config.yaml, tokenizer.json, "
-                    "model.safetensors (+ model.json) and the pretrained towers' files; clarion.load(OUT) and "
-                    "--model OUT need nothing else.")
-    p.add_argument("run", type=Path, metavar="RUN", help="run or export directory")
+                    description="Write the model of a run (or of another export, or hf-clap:PATH) to OUT. "
+                    "--format clarion (default): config.yaml, tokenizer.json, model.safetensors (+ model.json) and "
+                    "the pretrained towers' files; clarion.load(OUT) and --model OUT need nothing else. --format hf: "
+                    "a Hugging Face ClapModel folder with its ClapProcessor files (runs whose towers are both "
+                    "hf-clap), for transformers.ClapModel.from_pretrained and the zero-shot-audio-classification "
+                    "pipeline.")
+    p.add_argument("run", type=Path, metavar="RUN", help="run or export directory, or hf-clap:PATH")
     p.add_argument("--out", required=True, type=Path, help="export directory")
+    p.add_argument("--format", default="clarion", choices=["clarion", "hf"], help="default clarion")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from ..api import load
+    from ..export import FORMATS
 
     model = load(args.run, device="cpu")
-    out = model.save(args.out, overwrite=args.overwrite)
-    print(f"exported {args.run} to {out} (fingerprint {model.fingerprint[:12]})")
+    out = FORMATS[args.format](model, args.out, args.overwrite)
+    print(f"exported {args.run} to {out} as {args.format} (fingerprint {model.fingerprint[:12]})")
     return 0
 
 

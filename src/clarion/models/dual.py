@@ -26,17 +26,22 @@ class DualEncoder(nn.Module):
     ``freeze_audio`` / ``freeze_text``: that tower's parameters get no gradients
     (``requires_grad=False``, so the optimiser leaves them out), it stays in eval mode (BatchNorm
     statistics and dropout fixed) whatever ``train()`` is called with, and its forward runs under
-    ``no_grad``. Its projection head still trains."""
+    ``no_grad``. Its projection head still trains.
+
+    ``audio_projection`` / ``text_projection``: a given head module ([B, output_dim] → [B,
+    embed_dim], e.g. a pretrained CLAP's own) instead of a new :class:`Projection`; either way
+    it is the submodule of that name, so the state-dict keys of default heads never change."""
 
     def __init__(
         self, audio_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int,
         freeze_audio: bool = False, freeze_text: bool = False,
+        audio_projection: nn.Module | None = None, text_projection: nn.Module | None = None,
     ):
         super().__init__()
         self.audio_encoder = audio_encoder
         self.text_encoder = text_encoder
-        self.audio_projection = Projection(audio_encoder.output_dim, embed_dim)
-        self.text_projection = Projection(text_encoder.output_dim, embed_dim)
+        self.audio_projection = audio_projection or Projection(audio_encoder.output_dim, embed_dim)
+        self.text_projection = text_projection or Projection(text_encoder.output_dim, embed_dim)
         self.embed_dim = embed_dim
         self.freeze_audio = freeze_audio
         self.freeze_text = freeze_text

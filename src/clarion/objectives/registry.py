@@ -71,6 +71,18 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def accepts_option(name: str, option: str) -> bool:
+    """Whether objective ``name`` takes the keyword ``option`` (a wrapper such as SVR that
+    passes ``**base_options`` on declares its base as the factory's ``base`` attribute)."""
+    factory = _REGISTRY.get(name)
+    while factory is not None:
+        parameters = inspect.signature(factory).parameters
+        if option in parameters:
+            return True
+        factory = getattr(factory, "base", None)
+    return False
+
+
 def build_objective(
     name: str,
     options: dict[str, Any] | None = None,

@@ -282,6 +282,7 @@ def _with_base(base_cls: type[Objective]):
         return SupportVectorRegularized(base_cls(**base_options), radius, sides, alpha, beta, init_radius, hidden, batch_size,
                                         radius_bound, bi_reduce, init_ratio)
 
+    build.base = base_cls  # the options it passes on (registry.accepts_option)
     return build
 
 
