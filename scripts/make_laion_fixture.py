@@ -316,7 +316,8 @@ def check_full_sizes():
         for fusion in (False, True):
             module = build_laion(fusion, sizes, text_cfg, 512, tok, model_name=name)
             ckpt = laion_checkpoint(module.model, with_position_ids=True)
-            model, report = convert_laion_state_dict(ckpt["state_dict"])
+            state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
+            model, report = convert_laion_state_dict(state, source=f"HTSAT-{name}")
             n = sum(p.numel() for p in model.parameters())
             print(f"HTSAT-{name} fusion={fusion}: converted {report['mapped']} tensors, dropped {len(report['dropped'])} "
                   f"(front-end buffers, AudioSet head, training-only MLPs); ClapModel has {n / 1e6:.1f}M parameters")

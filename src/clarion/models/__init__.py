@@ -18,6 +18,7 @@ Audio towers also declare ``sample_rate`` (the rate their front end expects) and
 | ``cnn`` | LogMel from ``audio.*`` | random init |
 | ``panns-cnn14``, ``panns-resnet38`` | PANNs log-mel, 32 kHz | ``audio_pretrained``: official ``.pth`` (optional) |
 | ``hf`` | the model's feature extractor | ``audio_pretrained``: HF dir / cached id (CLAP, AST, …) |
+| ``msclap-cnn14`` | PANNs log-mel, 44.1 kHz | a run or export (``clarion convert msclap-2022``) |
 
 | text_encoder | tokenizer | weights |
 |---|---|---|
@@ -38,7 +39,7 @@ from ..config import AudioConfig, Config, ConfigError, ModelConfig, read_config
 from .audio import CnnAudioEncoder
 from .dual import DualEncoder, Projection
 from .panns import SAMPLE_RATE as PANNS_SAMPLE_RATE
-from .panns import build_panns
+from .panns import Cnn14, build_panns
 from .text import TransformerTextEncoder, train_tokenizer
 
 
@@ -66,17 +67,22 @@ def _hf_audio_rate(m: ModelConfig) -> int | None:
     return hf_sample_rate(m.audio_pretrained) if m.audio_pretrained else None
 
 
+MSCLAP_SAMPLE_RATE = 44100
+
 AUDIO_ENCODERS: dict[str, Callable[[ModelConfig, AudioConfig, Path | None], nn.Module]] = {
     "cnn": lambda m, a, saved: CnnAudioEncoder(a, m.audio_channels, m.dropout),
     "panns-cnn14": lambda m, a, saved: build_panns("panns-cnn14", m.panns_width, None if saved else m.audio_pretrained),
     "panns-resnet38": lambda m, a, saved: build_panns("panns-resnet38", m.panns_width, None if saved else m.audio_pretrained),
     "hf": lambda m, a, saved: _hf_audio(m, saved),
+    # msclap 2022's audio tower: CNN14 with the PANNs front end at 44.1 kHz (weights: clarion convert msclap-2022)
+    "msclap-cnn14": lambda m, a, saved: Cnn14(m.panns_width, MSCLAP_SAMPLE_RATE),
 }
 AUDIO_SAMPLE_RATES: dict[str, Callable[[ModelConfig], int | None]] = {
     "cnn": lambda m: None,
     "panns-cnn14": lambda m: PANNS_SAMPLE_RATE,
     "panns-resnet38": lambda m: PANNS_SAMPLE_RATE,
     "hf": _hf_audio_rate,
+    "msclap-cnn14": lambda m: MSCLAP_SAMPLE_RATE,
 }
 TEXT_ENCODERS: dict[str, Callable[[ModelConfig, Tokenizer, Path | None], nn.Module]] = {
     "transformer": lambda m, tok, saved: TransformerTextEncoder(
@@ -136,7 +142,7 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
             "when audio.sample_rate is not given)"
         )
     text = TEXT_ENCODERS[m.text_encoder](m, tokenizer, saved / "text_encoder" if saved else None)
-    return DualEncoder(audio, text, m.embed_dim, freeze_audio=m.freeze_audio, freeze_text=m.freeze_text)
+    return DualEncoder(audio, text, m.embed_dim, freeze_audio=m.freeze_audio, freeze_text=m.freeze_text, head=m.head)
 
 
 __all__ = [
