@@ -303,7 +303,8 @@ def make_fixtures():
 
 def check_full_sizes():
     """Build LAION's real HTSAT-tiny / HTSAT-base (both fusion settings; RoBERTa-base text at its
-    real size, random), save its checkpoint layout and convert it with clarion. clarion is
+    real size, random), save its checkpoint layout, convert it with clarion and compare the two
+    models' embeddings on the same log-mel and token ids. clarion is
     imported from src/ here; it needs transformers' ClapModel, which this venv also has."""
     from transformers import RobertaConfig
 
@@ -319,8 +320,24 @@ def check_full_sizes():
             state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
             model, report = convert_laion_state_dict(state, source=f"HTSAT-{name}")
             n = sum(p.numel() for p in model.parameters())
+            # the same inputs through both: a log-mel at the HTSAT's input (fused: 4 channels, flagged
+            # longer so the fusion branch runs) and token ids
+            g = torch.Generator().manual_seed(0)
+            mel = -40 + 10 * torch.randn(1, 4 if fusion else 1, 1001, 64, generator=g)
+            longer = torch.ones(1, dtype=torch.bool) if fusion else torch.zeros(1, dtype=torch.bool)
+            ids = torch.randint(3, 50000, (2, 20), generator=g)
+            ids[:, 0], ids[:, -1] = 0, 2
+            mask = torch.ones_like(ids)
+            with torch.no_grad():
+                ref_a = embed_mel(module.model, mel, longer, fusion)
+                ref_t = module.model.get_text_embedding({"input_ids": ids.clone(), "attention_mask": mask.clone()})
+                a = model.get_audio_features(input_features=mel, is_longer=longer[:, None])
+                t = model.get_text_features(input_ids=ids, attention_mask=mask)
+            a = nn.functional.normalize(getattr(a, "pooler_output", a), dim=-1)
+            t = nn.functional.normalize(getattr(t, "pooler_output", t), dim=-1)
             print(f"HTSAT-{name} fusion={fusion}: converted {report['mapped']} tensors, dropped {len(report['dropped'])} "
-                  f"(front-end buffers, AudioSet head, training-only MLPs); ClapModel has {n / 1e6:.1f}M parameters")
+                  f"(front-end buffers, AudioSet head, training-only MLPs); ClapModel has {n / 1e6:.1f}M parameters; "
+                  f"max |audio diff| {(a - ref_a).abs().max():.2e}, max |text diff| {(t - ref_t).abs().max():.2e}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Run once, in the venv of scripts/make_laion_fixture.py with ``msclap`` (1.3.4) added:
 
     /work/venv-laion/bin/pip install msclap==1.3.4
-    /work/venv-laion/bin/python scripts/make_msclap_fixture.py       # writes tests/fixtures/msclap/
+    /work/venv-laion/bin/python scripts/make_msclap_fixture.py          # writes tests/fixtures/msclap/
+    /work/venv-laion/bin/python scripts/make_msclap_fixture.py --full   # real sizes: convert + compare, no files
 
 Offline and small: msclap's ``TextEncoder`` calls ``AutoModel.from_pretrained('bert-base-uncased')``
 and its ``Cnn14`` hard-codes 64…2048 channels. This script makes ``from_pretrained`` return a
@@ -55,8 +56,9 @@ def make_tokenizer(folder: Path):
     return tok
 
 
-def build_msclap(tok):
-    """msclap's CLAPWrapper around its CLAP (2022 config), small BERT and CNN14 (module docstring)."""
+def build_msclap(tok, full: bool = False):
+    """msclap's CLAPWrapper around its CLAP (2022 config), small BERT and CNN14 (module docstring);
+    ``full``: the real sizes (CNN14 64…2048, BERT-base shapes), random weights."""
     import yaml
     from transformers import BertConfig, BertModel
 
@@ -67,6 +69,8 @@ def build_msclap(tok):
 
     bert_cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                           intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    if full:
+        bert_cfg = BertConfig()  # bert-base-uncased's shapes
 
     class OfflineAutoModel:
         @staticmethod
@@ -80,14 +84,16 @@ def build_msclap(tok):
     d_proj = 16
     clap = CLAP(audioenc_name=args["audioenc_name"], sample_rate=args["sampling_rate"], window_size=args["window_size"],
                 hop_size=args["hop_size"], mel_bins=args["mel_bins"], fmin=args["fmin"], fmax=args["fmax"],
-                classes_num=args["num_classes"], out_emb=32 * WIDTH, text_model=args["text_model"],
-                transformer_embed_dim=bert_cfg.hidden_size, d_proj=d_proj)
-    base = clap.audio_encoder.base
-    widths = [1] + [WIDTH * 2**i for i in range(6)]
-    for i in range(6):
-        setattr(base, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
-    base.fc1 = nn.Linear(32 * WIDTH, 32 * WIDTH)
-    base.fc_audioset = nn.Linear(32 * WIDTH, args["num_classes"])
+                classes_num=args["num_classes"], out_emb=args["out_emb"] if full else 32 * WIDTH,
+                text_model=args["text_model"], transformer_embed_dim=bert_cfg.hidden_size,
+                d_proj=args["d_proj"] if full else d_proj)
+    if not full:
+        base = clap.audio_encoder.base
+        widths = [1] + [WIDTH * 2**i for i in range(6)]
+        for i in range(6):
+            setattr(base, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
+        base.fc1 = nn.Linear(32 * WIDTH, 32 * WIDTH)
+        base.fc_audioset = nn.Linear(32 * WIDTH, args["num_classes"])
     randomize(clap)
     clap.eval()
 
@@ -146,5 +152,27 @@ def main():
     print({k: tuple(v.shape) for k, v in ref.items()}, (OUT / "clap_2022.pth").stat().st_size, "bytes")
 
 
+@torch.no_grad()
+def check_full_size():
+    """Real-size msclap 2022 (random weights, with the STFT kernels): convert with clarion and compare
+    the embeddings of clarion's DualEncoder with msclap's on 5 s clips and captions."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from clarion.models.convert.msclap import convert_msclap_state_dict
+
+    tok = make_tokenizer(Path(tempfile.mkdtemp()) / "tok")
+    wrapper, args = build_msclap(tok, full=True)
+    state = {k: v for k, v in wrapper.clap.state_dict().items()}
+    model, report = convert_msclap_state_dict(state, tok, None, "msclap-2022 full size")
+    waves = torch.stack([torch.from_numpy(clip(i, 5.0).astype(np.float32) / 32767) for i in range(2)])
+    ref_a = nn.functional.normalize(wrapper._get_audio_embeddings(waves[:, None]), dim=-1)
+    ref_t = nn.functional.normalize(wrapper._get_text_embeddings(wrapper.preprocess_text(TEXTS)), dim=-1)
+    a, t = model.embed_audio(waves), model.embed_text(TEXTS)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"msclap 2022 full size: {report['mapped']} tensors, {n / 1e6:.1f}M parameters, front-end tensors checked "
+          f"{len(report['dropped'])}; max |audio diff| {(a - ref_a).abs().max():.2e}, max |text diff| {(t - ref_t).abs().max():.2e}")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(check_full_size() if "--full" in sys.argv else main())
