@@ -4,7 +4,11 @@ Run once, in a separate venv that has the ``laion-clap`` package (1.1.7; its pin
 test environment), from the repository root:
 
     python3.11 -m venv /work/venv-laion
-    /work/venv-laion/bin/pip install torch==2.13.0 laion-clap==1.1.7
+    /work/venv-laion/bin/pip install torch==2.13.0 && /work/venv-laion/bin/pip install laion-clap==1.1.7 msclap==1.3.4
+    # the package index's torchaudio 2.11.1 is a CUDA build that does not load next to the CPU torch;
+    # LAION only uses its MelSpectrogram (plain PyTorch), so move the compiled extension away:
+    mv /work/venv-laion/lib/python3.11/site-packages/torchaudio/lib/*.so /tmp/
+    # (torchvision: not installed; see install_torchvision_stand_in)
     /work/venv-laion/bin/python scripts/make_laion_fixture.py            # writes tests/fixtures/laion/
     /work/venv-laion/bin/python scripts/make_laion_fixture.py --full     # real sizes, no files kept
 

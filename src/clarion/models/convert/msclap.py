@@ -29,11 +29,12 @@ from .checkpoint import ConversionError, check_keys
 
 MSCLAP_2022 = dict(sample_rate=44100, clip_seconds=5.0, max_tokens=100)
 MSCLAP_2023_REFUSAL = (
-    "msclap 2023 (HTSAT + GPT-2) cannot be held by clarion's towers: its text embedding is GPT-2's "
-    "hidden state at the last non-pad token (each caption gets ' <|endoftext|>' appended and '!' is the "
-    "pad token), a pooling clarion's hf text encoder does not have (mean or first token), and its HTSAT "
-    "(msclap's own copy, 44.1 kHz front end, 7 s clips) is not transformers' ClapAudioModel; "
-    "only the 2022 weights (CNN14 + BERT) convert"
+    "msclap 2023 (HTSAT + GPT-2) cannot be held by clarion's towers: its text embedding is GPT-2's hidden "
+    "state at the last token that is not id 0 (msclap appends ' <|endoftext|>' and pads with '!', id 0), a "
+    "pooling clarion's hf text encoder does not have (first token or masked mean); and its audio tower, an "
+    "HTS-AT like transformers' ClapAudioModel, sits behind a front end no clarion tower reproduces (msclap's "
+    "HTSAT keeps its own defaults, a mel filterbank for 32 kHz, and is fed 44.1 kHz, 7 s clips). "
+    "Only the 2022 weights (CNN14 + BERT) convert"
 )
 _FRONT_END = ("audio_encoder.base.spectrogram_extractor.", "audio_encoder.base.logmel_extractor.")
 
