@@ -37,6 +37,8 @@ OnBadSample = Literal["skip", "fail"]  # skip (log + count) | fail (abort with f
 Pairs = Literal["all", "one_per_clip"]  # every caption row once per epoch | one random caption per clip
 Validate = Literal["off", "warn", "fail"]  # `clarion data check` before training: off | warn | fail (refuse to start)
 TextPooling = Literal["mean", "cls"]  # mean over the attention mask | the first token
+# projection heads: clarion's skip + MLP | msclap's Projection (clarion convert msclap-2022)
+ProjectionHead = Literal["mlp", "msclap"]
 
 
 def choices(kind: Any) -> tuple[str, ...]:
@@ -118,6 +120,7 @@ class ModelConfig:
     max_tokens: int = ranged(_positive, "positive", default=48)  # text truncation length, also for hf text encoders
     vocab_size: int = ranged(_positive, "positive", default=2000)
     dropout: float = ranged(lambda x: 0 <= x < 1, "in [0, 1)", default=0.1)
+    head: ProjectionHead = "mlp"  # both projection heads: mlp (skip + MLP) | msclap (its Projection, for converted msclap models)
 
 
 @dataclass

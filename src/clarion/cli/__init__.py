@@ -2,7 +2,7 @@
 
 One module per command group: :mod:`.bench` (synth, compare, report), :mod:`.train` (train, objectives), :mod:`.data` (shards,
 data check), :mod:`.evaluate` (evaluate, zeroshot), :mod:`.serve` (serve, export, embed, index
-build, search); :mod:`.options` holds what they share. Errors the user can fix (bad config, bad
+build, search), :mod:`.convert` (convert laion-clap, msclap); :mod:`.options` holds what they share. Errors the user can fix (bad config, bad
 manifest, missing run files) print one line and exit with status 2; set CLARION_DEBUG=1 to see
 the traceback.
 """
@@ -15,13 +15,13 @@ import os
 import sys
 
 from ..config import ConfigError
-from . import bench, data, evaluate, serve, train
+from . import bench, convert, data, evaluate, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (bench, train, data, evaluate, serve):
+    for group in (bench, train, data, evaluate, serve, convert):
         group.add_commands(sub)
     return parser
 

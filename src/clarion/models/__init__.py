@@ -19,6 +19,7 @@ Audio towers also declare ``sample_rate`` (the rate their front end expects) and
 | ``panns-cnn14``, ``panns-resnet38`` | PANNs log-mel, 32 kHz | ``audio_pretrained``: official ``.pth`` (optional) |
 | ``hf`` | the model's feature extractor | ``audio_pretrained``: HF dir / cached id (CLAP, AST, …) |
 | ``hf-clap`` | CLAP's feature extractor (deterministic at inference) | ``clap_pretrained``: a full ``ClapModel``; brings CLAP's ``audio_projection`` |
+| ``msclap-cnn14`` | PANNs log-mel, 44.1 kHz | a run or export (``clarion convert msclap-2022``) |
 
 | text_encoder | tokenizer | weights |
 |---|---|---|
@@ -45,7 +46,7 @@ from ..objectives import accepts_option
 from .audio import CnnAudioEncoder
 from .dual import DualEncoder, Projection
 from .panns import SAMPLE_RATE as PANNS_SAMPLE_RATE
-from .panns import build_panns
+from .panns import Cnn14, build_panns
 from .text import TransformerTextEncoder, train_tokenizer
 
 
@@ -96,12 +97,18 @@ def _clap_settings(m: ModelConfig) -> dict:
 
 
 CLAP = "hf-clap"
+
+
+MSCLAP_SAMPLE_RATE = 44100
+
 AUDIO_ENCODERS: dict[str, Callable[[ModelConfig, AudioConfig, Path | None], nn.Module]] = {
     "cnn": lambda m, a, saved: CnnAudioEncoder(a, m.audio_channels, m.dropout),
     "panns-cnn14": lambda m, a, saved: build_panns("panns-cnn14", m.panns_width, None if saved else m.audio_pretrained),
     "panns-resnet38": lambda m, a, saved: build_panns("panns-resnet38", m.panns_width, None if saved else m.audio_pretrained),
     "hf": lambda m, a, saved: _hf_audio(m, saved),
     CLAP: lambda m, a, saved: _clap_audio(m, saved),
+    # msclap 2022's audio tower: CNN14 with the PANNs front end at 44.1 kHz (weights: clarion convert msclap-2022)
+    "msclap-cnn14": lambda m, a, saved: Cnn14(m.panns_width, MSCLAP_SAMPLE_RATE),
 }
 AUDIO_SAMPLE_RATES: dict[str, Callable[[ModelConfig], int | None]] = {
     "cnn": lambda m: None,
@@ -109,6 +116,7 @@ AUDIO_SAMPLE_RATES: dict[str, Callable[[ModelConfig], int | None]] = {
     "panns-resnet38": lambda m: PANNS_SAMPLE_RATE,
     "hf": _hf_audio_rate,
     CLAP: lambda m: _clap_settings(m).get("sample_rate"),
+    "msclap-cnn14": lambda m: MSCLAP_SAMPLE_RATE,
 }
 TEXT_ENCODERS: dict[str, Callable[[ModelConfig, Tokenizer, Path | None], nn.Module]] = {
     "transformer": lambda m, tok, saved: TransformerTextEncoder(
@@ -238,7 +246,7 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
             )
     return DualEncoder(
         audio, text, m.embed_dim, freeze_audio=m.freeze_audio, freeze_text=m.freeze_text,
-        audio_projection=heads.get("audio"), text_projection=heads.get("text"),
+        audio_projection=heads.get("audio"), text_projection=heads.get("text"), head=m.head,
     )
 
 

@@ -20,13 +20,33 @@ class Projection(nn.Module):
         return self.skip(x) + self.mlp(x)
 
 
+class MsclapProjection(nn.Module):
+    """msclap's head: ``e₁ = W₁ x``, ``LayerNorm(e₁ + dropout(W₂ GELU(e₁)))`` (no biases in W₁, W₂;
+    dropout 0.5 in training, as msclap), [B, d_in] → [B, d_out]. Parameter names are msclap's."""
+
+    def __init__(self, d_in: int, d_out: int, p: float = 0.5):
+        super().__init__()
+        self.linear1 = nn.Linear(d_in, d_out, bias=False)
+        self.linear2 = nn.Linear(d_out, d_out, bias=False)
+        self.layer_norm = nn.LayerNorm(d_out)
+        self.drop = nn.Dropout(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embed1 = self.linear1(x)
+        return self.layer_norm(embed1 + self.drop(self.linear2(F.gelu(embed1))))
+
+
+HEADS: dict[str, type[nn.Module]] = {"mlp": Projection, "msclap": MsclapProjection}
+
+
 class DualEncoder(nn.Module):
     """``embed_audio``: [B, n_samples] → [B, d]; ``embed_text``: list of B captions → [B, d]; unit norm.
 
     ``freeze_audio`` / ``freeze_text``: that tower's parameters get no gradients
     (``requires_grad=False``, so the optimiser leaves them out), it stays in eval mode (BatchNorm
     statistics and dropout fixed) whatever ``train()`` is called with, and its forward runs under
-    ``no_grad``. Its projection head still trains.
+    ``no_grad``. Its projection head still trains. ``head``: the kind of new projection heads
+    (a key of ``HEADS``).
 
     ``audio_projection`` / ``text_projection``: a given head module ([B, output_dim] → [B,
     embed_dim], e.g. a pretrained CLAP's own) instead of a new :class:`Projection`; either way
@@ -35,13 +55,14 @@ class DualEncoder(nn.Module):
     def __init__(
         self, audio_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int,
         freeze_audio: bool = False, freeze_text: bool = False,
-        audio_projection: nn.Module | None = None, text_projection: nn.Module | None = None,
+        head: str = "mlp", audio_projection: nn.Module | None = None,
+        text_projection: nn.Module | None = None,
     ):
         super().__init__()
         self.audio_encoder = audio_encoder
         self.text_encoder = text_encoder
-        self.audio_projection = audio_projection or Projection(audio_encoder.output_dim, embed_dim)
-        self.text_projection = text_projection or Projection(text_encoder.output_dim, embed_dim)
+        self.audio_projection = audio_projection or HEADS[head](audio_encoder.output_dim, embed_dim)
+        self.text_projection = text_projection or HEADS[head](text_encoder.output_dim, embed_dim)
         self.embed_dim = embed_dim
         self.freeze_audio = freeze_audio
         self.freeze_text = freeze_text

@@ -83,13 +83,14 @@ class PannsLogMel(nn.Module):
     """wave [B, n] → log-mel [B, 1, 1 + n // HOP, MEL_BINS] (dB), always computed in float32.
 
     Window and filterbank are non-persistent buffers: they follow ``.to(device)`` but are not
-    part of ``state_dict()`` (the official checkpoint's copies are checked, not loaded)."""
+    part of ``state_dict()`` (the official checkpoint's copies are checked, not loaded).
+    ``sample_rate``: 32 kHz for PANNs; msclap's 2022 CNN14 uses the same front end at 44.1 kHz."""
 
-    def __init__(self):
+    def __init__(self, sample_rate: int = SAMPLE_RATE):
         super().__init__()
         self.register_buffer("window", torch.hann_window(WINDOW, periodic=True), persistent=False)
         self.register_buffer(
-            "melW", slaney_mel_filterbank(SAMPLE_RATE, WINDOW, MEL_BINS, F_MIN, F_MAX), persistent=False
+            "melW", slaney_mel_filterbank(sample_rate, WINDOW, MEL_BINS, F_MIN, F_MAX), persistent=False
         )
 
     @staticmethod
@@ -217,18 +218,18 @@ class ResNetLayers(nn.Module):
 class PannsEncoder(nn.Module):
     """Shared parts: front end, ``bn0`` over mel bins, the clip pooling and ``fc1``/``fc_audioset``.
 
-    ``forward``: wave [B, n] at 32 kHz → embedding [B, 32·width]."""
+    ``forward``: wave [B, n] at ``sample_rate`` (32 kHz) → embedding [B, 32·width]."""
 
-    sample_rate = SAMPLE_RATE
-    front_end = FRONT_END
     name = "panns"
 
-    def __init__(self, width: int = 64):
+    def __init__(self, width: int = 64, sample_rate: int = SAMPLE_RATE):
         super().__init__()
         if width < 1:
             raise ValueError(f"model.panns_width must be a positive channel count, got {width}")
         self.width = width
-        self.logmel = PannsLogMel()
+        self.sample_rate = sample_rate
+        self.front_end = FRONT_END.replace(f"{SAMPLE_RATE} Hz", f"{sample_rate} Hz")
+        self.logmel = PannsLogMel(sample_rate)
         self.bn0 = nn.BatchNorm2d(MEL_BINS)
         self.output_dim = 32 * width
         self.fc1 = nn.Linear(self.output_dim, self.output_dim)
@@ -262,8 +263,8 @@ class Cnn14(PannsEncoder):
 
     name = "panns-cnn14"
 
-    def __init__(self, width: int = 64):
-        super().__init__(width)
+    def __init__(self, width: int = 64, sample_rate: int = SAMPLE_RATE):
+        super().__init__(width, sample_rate)
         widths = [1] + [width * 2**i for i in range(6)]
         for i in range(6):
             setattr(self, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
