@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ class WandbLog:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise RunError(f"{id_file} is unreadable ({exc}); delete it to start a new W&B run") from exc
         else:
-            run_id = wandb.util.generate_id()
+            run_id = secrets.token_hex(4)  # W&B run ids: letters and digits
             atomic_write_json(id_file, {"id": run_id})
         self.after = metrics.logged_until  # what the interrupted process had already sent
         self.run = wandb.init(
