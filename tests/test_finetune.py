@@ -300,6 +300,8 @@ def test_resume_with_finetune_options_and_fp16_reproduces_the_run(tone_data, tmp
     (checkpoints / "latest").write_text(kept.name + "\n")
     meta = json.loads((kept / "state.json").read_text())
     assert meta["training"]["epoch"] == 2 and meta["scaler"]["scale"] == 65536.0 * 0.5 ** meta["training"]["overflow_steps"]
+    assert [g.pop("role") for g in meta["optimizer"]["param_groups"]] == ["heads", "heads", "audio", "audio", "text", "text"]
+    (kept / "state.json").write_text(json.dumps(meta))  # as checkpoints written before groups had roles
     train(cfg, tmp_path / "rolled", resume=True)
     assert sha256(tmp_path / "rolled" / "model.safetensors") == sha256(tmp_path / "full" / "model.safetensors")
     timing = {"data_wait_s", "step_s", "time_s", "data_wait_share"}
