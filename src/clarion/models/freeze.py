@@ -18,7 +18,7 @@ Hugging Face (and others)    the first ``nn.ModuleList`` named ``layer``, ``laye
 The tower's **stem** (what runs before block 0) freezes with any N ≥ 1: clarion ``cnn``
 ``mel_norm`` and ``stem``; clarion ``transformer`` the token and position embeddings; PANNs
 ``bn0``; elsewhere every parameter outside the blocks whose dotted name has a part containing
-``embed`` (``embeddings``, ``patch_embed``, ``embed_positions``…), or named ``wte``/``wpe``
+``embed`` (``embeddings``, ``patch_embed``, ``pos_embed``…), or a part named ``wte``/``wpe``
 (GPT-2) or ``batch_norm`` (HTSAT's input normalisation). What comes after the last block (final
 norms, pooling layers, PANNs ``fc1``) never freezes by count; a name pattern can freeze it.
 
@@ -85,7 +85,7 @@ def tower_blocks(tower: nn.Module) -> tuple[list[str], list[str]]:
 
 
 def _is_stem_name(name: str) -> bool:
-    return any("embed" in part or part in _STEM_NAMES for part in name.split(".")[:-1])
+    return any("embed" in part or part in _STEM_NAMES for part in name.split("."))
 
 
 def _under(name: str, prefixes: list[str]) -> bool:
