@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -83,49 +84,73 @@ def test_tensorboard_events_equal_metrics_after_resume(tone_data, tmp_path, ever
         assert [v for _, v in logged[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag  # stored as float32
 
 
-def _wandb_history(run: Path) -> list[tuple[int, dict]]:
-    """Every history row of the offline W&B runs under ``run``, read from their ``.wandb`` files
-    (a LevelDB-style log of ``wandb_internal_pb2.Record`` messages; wandb has no reader of its own)."""
+def _wandb_records(path: Path) -> list:
+    """The ``wandb_internal_pb2.Record`` messages of an offline run's ``.wandb`` file (a
+    LevelDB-style log: 32 KiB blocks of chunks with a 7-byte header; wandb has no reader of its own)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    data, pos, buf, records = path.read_bytes(), 7, b"", []  # file header: ":W&B", magic, version
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        if pos + 7 + length > len(data):  # being written
+            break
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            records.append(record)
+            buf = b""
+    return records
+
+
+def _wandb_history(run: Path, sessions: int) -> list[tuple[int, dict]]:
+    """Every history row of the ``sessions`` offline W&B runs under ``run``. ``wandb.finish``
+    returns before W&B's service process has written the file, so this waits (by observed
+    progress) until each file ends with its ``exit`` record."""
+    guard = time.monotonic() + 300  # a hang guard only
+    while True:
+        paths = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+        files = [_wandb_records(p) if p.stat().st_size > 7 else [] for p in paths]
+        if len(files) == sessions and all(f and f[-1].WhichOneof("record_type") == "exit" for f in files):
+            break
+        assert time.monotonic() < guard, f"W&B wrote {len(files)} of {sessions} complete offline runs in 300 s"
+        time.sleep(0.05)
     rows = []
-    for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
-        data, pos, buf = path.read_bytes(), 7, b""  # header: ":W&B", magic, version
-        assert data[:4] == b":W&B"
-        while pos + 7 <= len(data):
-            left = 32768 - pos % 32768
-            if left < 7:  # block trailer
-                pos += left
-                continue
-            _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-            if kind == 0:
-                pos += left
-                continue
-            buf += data[pos + 7 : pos + 7 + length]
-            pos += 7 + length
-            if kind in (1, 4):  # a full record, or the last piece of one
-                record = pb.Record()
-                record.ParseFromString(buf)
-                buf = b""
-                if record.WhichOneof("record_type") == "history":
-                    items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-                    rows.append((record.history.step.num, {k: v for k, v in items.items() if not k.startswith("_")}))
+    for records in files:
+        for record in records:
+            if record.WhichOneof("record_type") == "history":
+                items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                rows.append((record.history.step.num, {k: v for k, v in items.items() if not k.startswith("_")}))
     return rows
 
 
-def test_wandb_runs_offline_resumes_its_run_and_logs_each_step_once(tone_data, tmp_path, monkeypatch):
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """No W&B configuration in the environment (so clarion runs it offline); its folders under tmp_path."""
     pytest.importorskip("wandb")
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_wandb_runs_offline_resumes_its_run_and_logs_each_step_once(tone_data, tmp_path, offline_wandb):
     run = tmp_path / "run"
     _interrupt_and_resume(_cfg(tone_data, "train.log_to=wandb"), run)
     run_id = json.loads((run / "wandb_run.json").read_text())["id"]
     offline = sorted(run.glob("wandb/offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)  # one W&B run, two sessions
-    history = _wandb_history(run)
+    history = _wandb_history(run, sessions=2)
     steps = [step for step, _ in history]
     assert steps == sorted(set(steps)), Counter(steps)  # each step once
     expected: dict[int, dict] = {}
@@ -137,3 +162,16 @@ def test_wandb_runs_offline_resumes_its_run_and_logs_each_step_once(tone_data, t
         assert row.keys() == expected[step].keys(), step
         assert {k: v for k, v in row.items() if k not in timing} == pytest.approx(
             {k: v for k, v in expected[step].items() if k not in timing}, rel=1e-9), step
+
+
+def test_wandb_added_on_resume_gets_the_earlier_steps_too(tone_data, tmp_path, offline_wandb):
+    run = tmp_path / "run"
+    cfg = _cfg(tone_data)
+    train(cfg, run)
+    checkpoints = run / "checkpoints"
+    shutil.rmtree(max(checkpoints.glob("step_*")))
+    (checkpoints / "latest").write_text(max(checkpoints.glob("step_*")).name + "\n")
+    cfg.train.log_to = ["wandb"]
+    train(cfg, run, resume=True)
+    steps = [step for step, _ in _wandb_history(run, sessions=1)]
+    assert steps == sorted({r["step"] for r in _records(run)})  # the kept steps 1-8 first, then the replay's

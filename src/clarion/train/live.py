@@ -93,15 +93,16 @@ class WandbLog:
         import wandb
 
         id_file = run / "wandb_run.json"
+        self.after = None  # the record_key up to which the interrupted process had already sent records
         if id_file.exists():
             try:
                 run_id = json.loads(id_file.read_text(encoding="utf-8"))["id"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise RunError(f"{id_file} is unreadable ({exc}); delete it to start a new W&B run") from exc
-        else:
+            self.after = metrics.logged_until
+        else:  # W&B's first session for this run (also when log_to=wandb is added on --resume): send all
             run_id = secrets.token_hex(4)  # W&B run ids: letters and digits
             atomic_write_json(id_file, {"id": run_id})
-        self.after = metrics.logged_until  # what the interrupted process had already sent
         self.run = wandb.init(
             dir=str(run), id=run_id, resume="allow", mode=None if wandb_configured() else "offline",
             project=os.environ.get("WANDB_PROJECT", "clarion"), name=run.name, config=cfg.to_dict(),

@@ -48,11 +48,16 @@ class MetricsLog:
         if path is None:
             return
         kept = []
-        if resumed is not None and path.exists():
+        if path.exists():  # a resumed run (without a checkpoint yet: nothing is kept, but it was logged)
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     record = json.loads(line)
-                    done = record["epoch"] < resumed.epoch if record["type"] == "epoch" else record["step"] <= resumed.step
+                    if resumed is None:
+                        done = False
+                    elif record["type"] == "epoch":
+                        done = record["epoch"] < resumed.epoch
+                    else:
+                        done = record["step"] <= resumed.step
                     key = record_key(record)
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # a line torn by the interruption
