@@ -175,3 +175,9 @@ def test_wandb_added_on_resume_gets_the_earlier_steps_too(tone_data, tmp_path, o
     train(cfg, run, resume=True)
     steps = [step for step, _ in _wandb_history(run, sessions=1)]
     assert steps == sorted({r["step"] for r in _records(run)})  # the kept steps 1-8 first, then the replay's
+
+
+def test_wandb_that_cannot_start_is_one_clear_error(tone_data, tmp_path, offline_wandb, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")  # configured online, but no API key (and no network)
+    with pytest.raises(RunError, match=r"train.log_to=wandb: W&B did not start \(UsageError: No API key"):
+        train(_cfg(tone_data, "train.log_to=wandb", "train.epochs=1"), tmp_path / "run")

@@ -103,10 +103,14 @@ class WandbLog:
         else:  # W&B's first session for this run (also when log_to=wandb is added on --resume): send all
             run_id = secrets.token_hex(4)  # W&B run ids: letters and digits
             atomic_write_json(id_file, {"id": run_id})
-        self.run = wandb.init(
-            dir=str(run), id=run_id, resume="allow", mode=None if wandb_configured() else "offline",
-            project=os.environ.get("WANDB_PROJECT", "clarion"), name=run.name, config=cfg.to_dict(),
-        )
+        try:
+            self.run = wandb.init(
+                dir=str(run), id=run_id, resume="allow", mode=None if wandb_configured() else "offline",
+                project=os.environ.get("WANDB_PROJECT", "clarion"), name=run.name, config=cfg.to_dict(),
+            )
+        except Exception as exc:  # wandb raises its own errors (no network, bad key, ...): one clear line
+            raise RunError(f"train.log_to=wandb: W&B did not start ({type(exc).__name__}: {exc}); "
+                           "unset WANDB_MODE / WANDB_API_KEY to log offline, or drop wandb from train.log_to") from exc
         for record in metrics.kept:
             self.write(record)
 
