@@ -46,6 +46,17 @@ def test_scalar_names_follow_metrics_jsonl():
     assert scalars(record) == {"train_loss": 1.5, "val/t2a/R@1": 0.25, "val/counts/clips": 8.0, "val_mean_R@1": 0.3}
 
 
+def test_log_to_takes_a_name_a_comma_list_or_a_list():
+    from clarion.config import ConfigError
+
+    assert load_config(None, ["train.log_to=tensorboard"]).train.log_to == ["tensorboard"]
+    assert load_config(None, ["train.log_to=tensorboard,wandb"]).train.log_to == ["tensorboard", "wandb"]
+    assert load_config(None, ["train.log_to=[wandb]"]).train.log_to == ["wandb"]
+    assert load_config(None, []).train.log_to == []
+    with pytest.raises(ConfigError, match=r"train.log_to\[0\]: 'mlflow' is out of range; expected tensorboard or wandb"):
+        load_config(None, ["train.log_to=mlflow"])
+
+
 def test_log_to_a_missing_package_is_refused_before_training(tone_data, tmp_path, monkeypatch):
     import builtins
 
