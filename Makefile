@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-# extras for `make test`; CI adds browser (Playwright), faiss and minilm so no test skips there
+# extras for `make test`; CI adds browser (Playwright), faiss, minilm, tensorboard and wandb so no test skips there
 EXTRAS ?= dev
 DEMO   ?= demo
 # `make demo`: configs/demo.yaml (3 epochs); `make demo-full`: configs/demo_full.yaml (10 epochs)

@@ -436,14 +436,10 @@ def test_exploding_learning_rate_stops_cleanly_after_k_skips(synth, tmp_path):
     assert result.stderr.count("step skipped") == 3
 
 
-def test_losses_are_computed_in_fp32_under_bf16_autocast(synth, tmp_path, monkeypatch):
-    """With autocast on (bf16, as on CUDA with train.amp), the encoders' matmuls run in bf16 but the
-    objective gets fp32 embeddings and runs outside autocast. CPU autocast stands in for CUDA's
-    (this machine has no GPU): ``autocast_for`` is swapped for a real bf16 autocast context."""
-    from clarion.train import loop
-
-    monkeypatch.setattr(loop, "autocast_for", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16))
-    trainer = _trainer(synth, tmp_path)
+def test_losses_are_computed_in_fp32_under_bf16_autocast(synth, tmp_path):
+    """With autocast on (``train.precision=bf16``, on CPU too; on CUDA also ``train.amp``), the
+    encoders' matmuls run in bf16 but the objective gets fp32 embeddings and runs outside autocast."""
+    trainer = _trainer(synth, tmp_path, "train.precision=bf16")
     seen = {}
 
     def linear_hook(module, inputs, out):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -39,6 +40,10 @@ Validate = Literal["off", "warn", "fail"]  # `clarion data check` before trainin
 TextPooling = Literal["mean", "cls"]  # mean over the attention mask | the first token
 # projection heads: clarion's skip + MLP | msclap's Projection (clarion convert msclap-2022)
 ProjectionHead = Literal["mlp", "msclap"]
+# training arithmetic: auto (bf16 autocast on CUDA when train.amp, else fp32) | fp32 | bf16 (autocast, CPU too)
+# | fp16 (autocast + a gradient scaler)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LiveLogger = Literal["tensorboard", "wandb"]  # train.log_to: where step and epoch records also go
 
 
 def choices(kind: Any) -> tuple[str, ...]:
@@ -56,6 +61,15 @@ def _non_negative(x: Any) -> bool:
 
 def _optional(check: Any) -> Any:
     return lambda x: x is None or check(x)
+
+
+def _valid_patterns(patterns: list[str]) -> bool:
+    try:
+        for pattern in patterns:
+            re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 def ranged(check: Callable[[Any], bool], valid: str, **kwargs: Any) -> Any:
@@ -109,6 +123,11 @@ class ModelConfig:
     panns_width: int = ranged(_positive, "positive", default=64)
     freeze_audio: bool = False  # no gradients, eval mode (BatchNorm, dropout) for the audio encoder
     freeze_text: bool = False  # the same for the text encoder; projection heads always train
+    # freeze the stem/embeddings and the first N blocks of a tower (clarion.models.freeze); 0: none
+    freeze_audio_layers: int = ranged(_non_negative, ">= 0", default=0)
+    freeze_text_layers: int = ranged(_non_negative, ">= 0", default=0)
+    # regular expressions (re.search) over parameter names (audio_encoder.…, text_encoder.…, *_projection.…)
+    freeze_patterns: list[str] = ranged(_valid_patterns, "a list of valid regular expressions", default_factory=list)
     embed_dim: int = ranged(lambda x: 1 <= x <= 65536, "between 1 and 65536", default=256)
     # stem, then one block each
     audio_channels: list[int] = ranged(lambda x: len(x) > 0 and all(c > 0 for c in x), "a non-empty list of positive ints",
@@ -140,12 +159,22 @@ class TrainConfig:
     lr: float = ranged(_non_negative, ">= 0", default=1e-3)
     # audio and text encoders; None: the same as lr
     encoder_lr: float | None = ranged(_optional(_non_negative), ">= 0 or null", default=None)
+    # one tower's rate; None: encoder_lr (then lr)
+    audio_encoder_lr: float | None = ranged(_optional(_non_negative), ">= 0 or null", default=None)
+    text_encoder_lr: float | None = ranged(_optional(_non_negative), ">= 0 or null", default=None)
+    # the first K optimiser steps train the heads only (encoder gradients dropped), then the
+    # encoders' rates ramp linearly from 0 over encoder_warmup_steps (on top of warmup_cosine)
+    encoder_freeze_steps: int = ranged(_non_negative, ">= 0", default=0)
+    encoder_warmup_steps: int = ranged(_non_negative, ">= 0", default=0)
     weight_decay: float = ranged(_non_negative, ">= 0", default=0.01)
     warmup_steps: int = ranged(_non_negative, ">= 0", default=100)
     grad_clip: float = ranged(_non_negative, ">= 0 (0 disables)", default=1.0)  # max global grad norm; 0 disables
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU; train.precision other than auto wins
+    precision: Precision = "auto"  # auto (= train.amp) | fp32 | bf16 | fp16 (with a gradient scaler)
+    # also send step and epoch records to TensorBoard (RUN/tensorboard/) and/or W&B (offline unless configured)
+    log_to: list[LiveLogger] = field(default_factory=list)
     log_every: int = ranged(_positive, "positive", default=1)  # steps between metrics.jsonl records
     # steps between drift diagnostics (an extra loss-only backward); 0 disables
     drift_every: int = ranged(_non_negative, ">= 0 (0 disables)", default=10)
@@ -200,6 +229,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key}: {value!r} is not a valid {annotation}")
     if hint is list:
+        if isinstance(value, str) and (args[0] is str or typing.get_origin(args[0]) is Literal):
+            value = [part.strip() for part in value.split(",") if part.strip()]  # train.log_to=tensorboard,wandb
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]

@@ -45,8 +45,9 @@ class DualEncoder(nn.Module):
     ``freeze_audio`` / ``freeze_text``: that tower's parameters get no gradients
     (``requires_grad=False``, so the optimiser leaves them out), it stays in eval mode (BatchNorm
     statistics and dropout fixed) whatever ``train()`` is called with, and its forward runs under
-    ``no_grad``. Its projection head still trains. ``head``: the kind of new projection heads
-    (a key of ``HEADS``).
+    ``no_grad``. Its projection head still trains. :meth:`hold_in_eval` does the same for parts
+    of a tower (:func:`~.freeze.freeze_layers`). ``head``: the kind of new projection heads (a
+    key of ``HEADS``).
 
     ``audio_projection`` / ``text_projection``: a given head module ([B, output_dim] → [B,
     embed_dim], e.g. a pretrained CLAP's own) instead of a new :class:`Projection`; either way
@@ -66,6 +67,7 @@ class DualEncoder(nn.Module):
         self.embed_dim = embed_dim
         self.freeze_audio = freeze_audio
         self.freeze_text = freeze_text
+        self._held_in_eval: list[nn.Module] = []  # plain list: not registered as submodules
         for tower, frozen in ((audio_encoder, freeze_audio), (text_encoder, freeze_text)):
             if frozen:
                 tower.requires_grad_(False)
@@ -77,7 +79,14 @@ class DualEncoder(nn.Module):
             self.audio_encoder.eval()
         if self.freeze_text:
             self.text_encoder.eval()
+        for module in self._held_in_eval:
+            module.eval()
         return self
+
+    def hold_in_eval(self, modules: list[nn.Module]) -> None:
+        """Keep ``modules`` (frozen parts) in eval mode from now on: BatchNorm statistics and dropout fixed."""
+        self._held_in_eval = list(modules)
+        self.train(self.training)
 
     def forward(self, wave: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both embeddings of a batch of pairs (the call DistributedDataParallel wraps)."""

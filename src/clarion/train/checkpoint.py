@@ -50,6 +50,7 @@ class TrainingState:
     epoch_loss_count: int = 0  # mid-epoch resume reports the same epoch train loss
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
     nonfinite_streak: int = 0  # ... and in a row, up to now (train.max_nonfinite_steps stops the run)
+    overflow_steps: int = 0  # fp16 steps skipped by the gradient scaler (scale too high), in all
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -105,10 +106,12 @@ def save_checkpoint(
     state: TrainingState,
     keep: int = 2,
     extra: dict[str, torch.Tensor] | None = None,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically, point ``latest`` at it, keep the newest ``keep``.
 
-    ``extra``: more ``rng.*`` tensors (the RNG states of the other processes of a torchrun job).
+    ``extra``: more ``rng.*`` tensors (the RNG states of the other processes of a torchrun job);
+    ``scaler``: the fp16 gradient scaler's state (``GradScaler.state_dict()``: numbers), kept in ``state.json``.
     """
     root = run / "checkpoints"
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
@@ -127,6 +130,7 @@ def save_checkpoint(
                 "optimizer": opt_meta,
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_meta,
+                **({"scaler": scaler} if scaler else {}),
                 "sha256": sha256(tmp / "state.safetensors"),
             }
             (tmp / "state.json").write_text(json.dumps(meta))

@@ -20,6 +20,16 @@ or scheduler step; BatchNorm statistics and other buffers are restored); it is c
 (``nonfinite_steps`` in the epoch records) and logged with the manifest rows of its batch, and
 ``train.max_nonfinite_steps`` such steps in a row stop the run with :class:`TrainingDiverged`
 (one context, :class:`~.nonfinite.NonFiniteGuard`).
+
+Precision (``train.precision``, :func:`~clarion.runtime.resolve_precision`): the forward passes run
+under bf16 or fp16 autocast (the objective always in fp32); fp16 also scales the loss with a
+``torch.amp.GradScaler`` whose overflow skips are not counted as non-finite steps (see
+:mod:`.nonfinite`), and whose state the checkpoints keep.
+
+Fine-tuning (:mod:`.schedule`, :mod:`clarion.models.freeze`): per-tower learning rates, frozen
+blocks or parameter patterns, and an encoder schedule: for the first ``train.encoder_freeze_steps``
+steps the encoders' gradients are dropped before clipping (heads only; AdamW never sees them, so
+their moments do not move), then their rates ramp up over ``train.encoder_warmup_steps``.
 """
 
 from __future__ import annotations
@@ -48,17 +58,21 @@ from ..evaluate.embed import evaluate_retrieval
 from ..evaluate.retrieval import mean_r1
 from ..files import atomic_write
 from ..models import DualEncoder, build_model, train_tokenizer
+from ..models.freeze import freeze_layers
 from ..objectives import Objective, diagnostics_as_floats
 from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
-from ..runtime import autocast_for
+from ..runtime import precision_autocast, resolve_precision
 from ..version import __version__
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
 from .distributed import Dist, setup
 from .embedding import BatchEmbedder
+from .live import check_live_loggers, open_live_log
 from .metrics import MetricsLog
 from .nonfinite import NonFiniteGuard, TrainingDiverged  # noqa: F401  (TrainingDiverged: part of this module's API)
 from .probes import CollapseMonitor, CollapseProbe, DriftProbe, PlanMassProbe, Probe
-from .schedule import build_optimizer, epoch_batches, seed_everything, warmup_cosine  # noqa: F401  (re-exported)
+from .schedule import (  # noqa: F401  (warmup_cosine, epoch_batches: re-exported)
+    build_optimizer, epoch_batches, group_rates, group_schedule, seed_everything, warmup_cosine,
+)
 
 log = logging.getLogger("clarion.train")
 _SHOWN_ROWS = 8  # rows of a skipped batch named in the log
@@ -79,19 +93,20 @@ class Trainer:
     dist: Dist = Dist()  # this process's rank in a torchrun job (the single process by default)
 
     def __post_init__(self) -> None:
+        self.freezing = freeze_layers(self.model, self.cfg.model)  # before DDP wraps the model
         self.model.to(self.device)
         self.objective.to(self.device)
         self.forward = self.dist.wrap(self.model)  # DistributedDataParallel under torchrun
         self.dist.broadcast(self.objective)
         self.dist.restore_rng({}, self.cfg.train.seed, 0)  # ranks > 0: their own dropout stream
         self.optimizer = build_optimizer(self.cfg, self.model, self.objective)
+        self.roles = [group["role"] for group in self.optimizer.param_groups]  # before a checkpoint replaces the groups
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.encoder_params = [p for group in self.optimizer.param_groups if group["role"] != "heads" for p in group["params"]]
         self.objective_params = [p for p in self.objective.parameters() if p.requires_grad]
         self.steps_per_epoch = self.stream.num_batches(0) if self.stream else len(self._batches(0))
         total = self.cfg.train.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(self.cfg.train.warmup_steps, total)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, group_schedule(self.cfg, self.roles, total))
         if self.stream is None:
             self.dataset = AudioTextDataset(
                 self.train_set,
@@ -107,8 +122,11 @@ class Trainer:
         self.skipped_samples = 0
         c = self.cfg.train
         self.max_grad_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
+        self.precision = resolve_precision(c.precision, c.amp, self.device)
+        precision_autocast(self.device, self.precision)  # a device without autocast: refused before training
         self.embedder = BatchEmbedder(self.model, self.forward, self.dist, self.device, c.chunk_size,
-                                      lambda: autocast_for(self.device, c.amp))
+                                      lambda: precision_autocast(self.device, self.precision))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.buffers = [b for m in (self.model, self.objective) for b in m.buffers()]  # restored if a step is skipped
         self.guard = NonFiniteGuard(self.optimizer, lambda: self.state, self.describe_rows, c.max_nonfinite_steps, self.run)
         self.collapse = CollapseMonitor(c.collapse_max_cos, c.collapse_min_rank, c.collapse_patience, c.warmup_steps)
@@ -153,6 +171,8 @@ class Trainer:
             return False
         path, tensors, meta = found
         self.state = restore_checkpoint(tensors, meta, self._load_model_state, self.optimizer, self.scheduler)
+        if self.scaler.is_enabled() and "scaler" in meta:
+            self.scaler.load_state_dict(meta["scaler"])
         self.dist.restore_rng(tensors, self.cfg.train.seed, self.state.step)
         log.info("resumed from %s (epoch %d, step %d)", path, self.state.epoch, self.state.step)
         return True
@@ -161,7 +181,8 @@ class Trainer:
         ranks_rng = self.dist.rng_states()  # collective: every rank's dropout RNG
         if self.dist.main:
             state = model_state(self.model, self.objective)
-            save_checkpoint(self.run, state, self.optimizer, self.scheduler, self.state, extra=ranks_rng)
+            save_checkpoint(self.run, state, self.optimizer, self.scheduler, self.state, extra=ranks_rng,
+                            scaler=self.scaler.state_dict() or None)
 
     def train_step(self, batch: dict) -> dict[str, float] | None:
         """One optimiser step on ``batch`` (this process's share of the global batch); None when
@@ -181,14 +202,25 @@ class Trainer:
                 if probe.due(step):
                     out.diagnostics.update(probe(step, out, emb))
             self.optimizer.zero_grad(set_to_none=True)
-            emb.backward(out.loss)
+            emb.backward(self.scaler.scale(out.loss))  # fp16: scaled; otherwise the loss itself
             self.dist.average_gradients(self.objective_params)  # DDP averages the model's
+            if self.state.step < self.cfg.train.encoder_freeze_steps:
+                for p in self.encoder_params:  # heads only: AdamW skips parameters without a gradient
+                    p.grad = None
+            self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+            if self.scaler.is_enabled() and not torch.isfinite(grad_norm):
+                scale = self.scaler.get_scale()
+                self.scaler.update()  # unscale_ saw the Inf/NaN: the scale halves
+                if scale > 1.0:  # at a scale <= 1 the gradients are not finite without scaling: the guard's case
+                    guard.overflow(scale)
             guard.check("gradient norm", grad_norm)  # the same on every process: gradients are averaged first
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             self.objective.after_optimizer_step()
-            return diagnostics_as_floats({"loss": loss, "grad_norm": grad_norm, **out.diagnostics})
+            extra = {"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}
+            return diagnostics_as_floats({"loss": loss, "grad_norm": grad_norm, **out.diagnostics, **extra})
         return None
 
     def describe_rows(self, rows: list[int]) -> str:
@@ -224,7 +256,7 @@ class Trainer:
                     if self.state.step % c.log_every == 0:
                         metrics.write(
                             {"type": "step", "epoch": epoch, "step": self.state.step,
-                             "lr": self.scheduler.get_last_lr()[0], **result,
+                             **group_rates(self.roles, self.scheduler.get_last_lr()), **result,
                              "data_wait_s": fetched - fetch_start, "step_s": time.perf_counter() - fetched}
                         )
                 if c.checkpoint_every_steps and self.state.step_in_epoch % c.checkpoint_every_steps == 0:
@@ -253,6 +285,8 @@ class Trainer:
             "skipped_samples": self.dist.all_sum(self.skipped_samples), "nonfinite_steps": self.state.nonfinite_steps,
             "collapse_warning_step": self.collapse.warned_at_step,
         }
+        if self.scaler.is_enabled():
+            record["overflow_steps"] = self.state.overflow_steps
         if self.dist.main:
             score = float(epoch)
             if self.val_set is not None:
@@ -309,6 +343,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False) -> dict[str, Any]:
     run = Path(run)
     if not cfg.data.train:
         raise ValueError("no training manifest: pass --train CSV (or data.train=...)")
+    check_live_loggers(cfg.train.log_to)  # before anything is written
     if cfg.data.validate != "off":  # before anything is written: a refused run leaves no run directory
         validate_training_data(cfg)
     dist = setup(cfg.train.device, cfg.train.batch_size)  # the single process unless under torchrun
@@ -361,8 +396,12 @@ def _train(cfg: Config, run: Path, resume: bool, dist: Dist) -> dict[str, Any]:
     trainer = Trainer(cfg, run, model, objective, train_set, val_set, device, cache, corrupted_rows, stream, dist)
     resumed = resume and trainer.resume()
     metrics = MetricsLog(run / "metrics.jsonl" if dist.main else None, trainer.state if resumed else None)
+    if dist.main and cfg.train.log_to:
+        metrics.sinks.append(open_live_log(run, cfg, metrics))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %.2f M parameters; %d steps/epoch on %s", n_params / 1e6, trainer.steps_per_epoch, device)
+    log.info("model: %.2f M parameters; %d steps/epoch on %s, %s", n_params / 1e6, trainer.steps_per_epoch, device,
+             trainer.precision)
+    log.info(trainer.freezing.line())
     try:
         summary = trainer.fit(metrics)
     finally:

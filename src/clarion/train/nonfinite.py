@@ -6,6 +6,14 @@ gradients, restores the buffers the forward pass updated (BatchNorm statistics, 
 skip in the :class:`~.checkpoint.TrainingState` and logs it with the rows of the batch.
 ``max_steps`` skips in a row raise :class:`TrainingDiverged`. Optimiser and scheduler have not
 stepped yet at either check, so they are untouched.
+
+Under ``train.precision=fp16`` a gradient scaler multiplies the loss before backward. Gradients
+that overflow at that scale are the scaler's business, not a failure: the step calls
+:meth:`NonFiniteGuard.overflow` after the scaler halved its scale, and the guard undoes the step
+the same way but counts it apart (``overflow_steps``), outside the streak that stops the run.
+A non-finite loss is always the guard's (it is checked before any scaling), and so are
+non-finite gradients once the scale is at or below 1 (the caller decides: see
+:meth:`~.loop.Trainer.train_step`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ class _NonFinite(Exception):
         self.what, self.value = what, value
 
 
+class _Overflow(Exception):
+    def __init__(self, scale: float):
+        super().__init__("overflow")
+        self.scale = scale
+
+
 class NonFiniteGuard:
     """``optimizer``: whose gradients a skipped step drops; ``state()``: the training state to count
     in; ``describe(rows)``: the batch rows for the log; ``run``: named in the divergence message."""
@@ -49,6 +63,11 @@ class NonFiniteGuard:
         if not torch.isfinite(value):
             raise _NonFinite(what, float(value))
 
+    @staticmethod
+    def overflow(scale: float) -> None:
+        """Leave the step: its scaled gradients overflowed at loss scale ``scale`` (not counted as non-finite)."""
+        raise _Overflow(scale)
+
     @contextmanager
     def step(self, buffers: list[torch.Tensor]) -> Iterator[NonFiniteGuard]:
         """Snapshot ``buffers``; on a failed :meth:`check` undo the step (see the module docstring)."""
@@ -56,13 +75,19 @@ class NonFiniteGuard:
         self.rows, self.skipped = None, False
         try:
             yield self
-        except _NonFinite as bad:
+        except (_NonFinite, _Overflow) as bad:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for b, s in zip(buffers, saved):
                     b.copy_(s)
             self.skipped = True
-            self._count(bad.what, bad.value)
+            if isinstance(bad, _Overflow):
+                st = self.state()
+                st.overflow_steps += 1
+                log.info("fp16 gradients overflowed at loss scale %g after step %d; step skipped, scale halved "
+                         "(%d such steps in all)", bad.scale, st.step, st.overflow_steps)
+            else:
+                self._count(bad.what, bad.value)
         else:
             self.state().nonfinite_streak = 0
 

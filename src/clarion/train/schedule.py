@@ -52,15 +52,66 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+def encoder_ramp(freeze_steps: int, warmup_steps: int):
+    """Extra LR multiplier of the encoders: 0 for the first ``freeze_steps`` steps, then linear
+    (s - K + 1)/W over ``warmup_steps`` = W, then 1 (``s``: optimiser steps done, K = ``freeze_steps``)."""
+
+    def factor(step: int) -> float:
+        if step < freeze_steps:
+            return 0.0
+        if step < freeze_steps + warmup_steps:
+            return (step - freeze_steps + 1) / warmup_steps
+        return 1.0
+
+    return factor
+
+
+def group_schedule(cfg: Config, roles: list[str], total_steps: int) -> list:
+    """One LR multiplier per optimiser group (``roles`` from :func:`build_optimizer`): every group
+    follows :func:`warmup_cosine`; encoder groups also :func:`encoder_ramp`. A function of the step
+    only, so a resumed run continues the same curve."""
+    c = cfg.train
+    base = warmup_cosine(c.warmup_steps, total_steps)
+    ramp = encoder_ramp(c.encoder_freeze_steps, c.encoder_warmup_steps)
+
+    def encoder(step: int) -> float:
+        return base(step) * ramp(step)
+
+    return [base if role == "heads" else encoder for role in roles]
+
+
+def encoder_rates(cfg: Config) -> dict[str, float]:
+    """Base LR of each tower: ``train.{audio,text}_encoder_lr``, else ``train.encoder_lr``, else ``train.lr``."""
+    c = cfg.train
+    shared = c.encoder_lr if c.encoder_lr is not None else c.lr
+    return {"audio": c.audio_encoder_lr if c.audio_encoder_lr is not None else shared,
+            "text": c.text_encoder_lr if c.text_encoder_lr is not None else shared}
+
+
+def per_tower_groups(cfg: Config) -> bool:
+    """Whether the optimiser gives each tower its own groups (any per-tower option is set)."""
+    c = cfg.train
+    return (c.audio_encoder_lr is not None or c.text_encoder_lr is not None
+            or c.encoder_freeze_steps > 0 or c.encoder_warmup_steps > 0)
+
+
 def build_optimizer(cfg: Config, model: DualEncoder, objective: Objective) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and conv kernels only (not biases, norms, objective state).
 
-    Frozen parameters (``requires_grad=False``) are left out. ``train.encoder_lr`` applies to the
-    audio and text encoders, ``train.lr`` to the projection heads and the objective's state. With
-    ``encoder_lr`` None everything runs at ``train.lr`` in two groups (decay, no decay), the
-    layout of checkpoints written before ``encoder_lr`` existed; otherwise the groups are
-    heads (decay, no decay), then encoders (decay, no decay), empty groups dropped, so the
-    first group (whose rate ``metrics.jsonl`` logs) is always the heads'.
+    Frozen parameters (``requires_grad=False``) are left out. Each group carries a ``role``
+    (``heads``, ``encoders``, ``audio``, ``text``; :func:`group_schedule` reads it). Three layouts,
+    empty groups dropped, the first group (whose rate ``metrics.jsonl`` logs as ``lr``) always the
+    heads':
+
+    - no encoder option set: everything at ``train.lr`` in two groups (decay, no decay), the
+      layout of checkpoints written before ``encoder_lr`` existed;
+    - ``train.encoder_lr`` only: heads (decay, no decay) at ``train.lr``, then both encoders
+      (decay, no decay) at ``encoder_lr``: the layout of checkpoints written before the
+      per-tower options;
+    - any per-tower option (:func:`per_tower_groups`): heads, audio encoder, text encoder, each
+      (decay, no decay), at the rates of :func:`encoder_rates`.
+
+    The objective's learnable state always trains with the heads, at ``train.lr``.
     """
 
     def split(params: list[torch.nn.Parameter]) -> tuple[list, list]:
@@ -70,20 +121,39 @@ def build_optimizer(cfg: Config, model: DualEncoder, objective: Objective) -> to
     wd, lr, encoder_lr = cfg.train.weight_decay, cfg.train.lr, cfg.train.encoder_lr
     trainable = [p for p in model.parameters() if p.requires_grad]
     objective_params = [p for p in objective.parameters() if p.requires_grad]
-    if encoder_lr is None:
+    if encoder_lr is None and not per_tower_groups(cfg):
         decay, no_decay = split(trainable)
         groups = [
-            {"params": decay, "weight_decay": wd},
-            {"params": no_decay + objective_params, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": wd, "role": "heads"},
+            {"params": no_decay + objective_params, "weight_decay": 0.0, "role": "heads"},
         ]
         return torch.optim.AdamW(groups, lr=lr)
-    in_encoders = {id(p) for tower in (model.audio_encoder, model.text_encoder) for p in tower.parameters()}
-    head_decay, head_no_decay = split([p for p in trainable if id(p) not in in_encoders])
-    enc_decay, enc_no_decay = split([p for p in trainable if id(p) in in_encoders])
+    towers = {"audio": model.audio_encoder, "text": model.text_encoder}
+    tower_of = {id(p): side for side, tower in towers.items() for p in tower.parameters()}
+    head_decay, head_no_decay = split([p for p in trainable if id(p) not in tower_of])
     groups = [
-        {"params": head_decay, "weight_decay": wd, "lr": lr},
-        {"params": head_no_decay + objective_params, "weight_decay": 0.0, "lr": lr},
-        {"params": enc_decay, "weight_decay": wd, "lr": encoder_lr},
-        {"params": enc_no_decay, "weight_decay": 0.0, "lr": encoder_lr},
+        {"params": head_decay, "weight_decay": wd, "lr": lr, "role": "heads"},
+        {"params": head_no_decay + objective_params, "weight_decay": 0.0, "lr": lr, "role": "heads"},
     ]
+    if per_tower_groups(cfg):
+        rates = encoder_rates(cfg)
+        for side in towers:
+            decay, no_decay = split([p for p in trainable if tower_of.get(id(p)) == side])
+            groups += [{"params": decay, "weight_decay": wd, "lr": rates[side], "role": side},
+                       {"params": no_decay, "weight_decay": 0.0, "lr": rates[side], "role": side}]
+    else:
+        enc_decay, enc_no_decay = split([p for p in trainable if id(p) in tower_of])
+        groups += [{"params": enc_decay, "weight_decay": wd, "lr": encoder_lr, "role": "encoders"},
+                   {"params": enc_no_decay, "weight_decay": 0.0, "lr": encoder_lr, "role": "encoders"}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def group_rates(roles: list[str], rates: list[float]) -> dict[str, float]:
+    """The step record's rates: ``lr`` (the heads'), and ``lr_audio`` / ``lr_text`` when the
+    encoders have their own groups (``roles``/``rates``: per optimiser group)."""
+    out = {"lr": rates[0]}
+    for role, rate in zip(roles, rates):
+        for side in ("audio", "text"):
+            if role in (side, "encoders"):
+                out.setdefault(f"lr_{side}", rate)
+    return out
