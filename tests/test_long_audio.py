@@ -310,3 +310,63 @@ def test_a_partial_build_of_other_settings_is_discarded(setup, tmp_path, caplog)
     summary = build_index(setup["audio"], model, out)
     assert summary["resumed"] == 0 and summary["embedded"] == 13
     assert "discarding the unfinished build" in caplog.text
+
+
+# --- compatibility and commands -----------------------------------------------------------
+
+
+def test_long_settings_leave_the_fingerprint_and_old_configs_alone(setup):
+    model = load(setup["run"], "cpu")
+    before = model.fingerprint
+    assert load(setup["run"], "cpu", long="windows", hop_seconds=0.5).fingerprint == before
+    assert model.long_settings == {"long": "first", "clip_seconds": 1.0}
+    with pytest.raises(ConfigError, match="audio.pool"):
+        model.set_long(pool="median")
+    # a config.yaml written before these keys existed still loads, reading `first`
+    text = (setup["run"] / "config.yaml").read_text()
+    assert "long: first" in text
+    old = setup["root"] / "old_run"
+    old.mkdir()
+    for name in os.listdir(setup["run"]):
+        (old / name).write_bytes((setup["run"] / name).read_bytes())
+    (old / "config.yaml").write_text("".join(line for line in text.splitlines(keepends=True)
+                                             if not line.strip().startswith(("long:", "window_seconds:", "hop_seconds:", "pool:"))))
+    assert load(old, "cpu").cfg.audio.long == "first" and load(old, "cpu").fingerprint == before
+
+
+def test_a_version_1_index_is_read_and_upgraded(setup, tmp_path):
+    out = tmp_path / "index"
+    build_index(setup["audio"], setup["run"], out, device="cpu")
+    info = json.loads((out / "index.json").read_text())
+    rows = list(csv.reader(open(out / "entries.csv")))
+    with open(out / "entries.csv", "w", newline="") as fh:  # the version 1 layout
+        csv.writer(fh, lineterminator="\n").writerows([r[:4] for r in rows])
+    (out / "thumbs.npy").unlink()
+    info = {k: v for k, v in info.items() if k not in ("long", "windows", "window_count", "source")}
+    (out / "index.json").write_text(json.dumps({**info, "version": 1}))
+    old = SearchIndex.open(out)
+    assert old.thumbs is None and old.durations == [None] * 13
+    assert old.search_text("a tone", 2)[0].offset is None
+    summary = build_index(setup["audio"], setup["run"], out, device="cpu")
+    assert summary["unchanged"] == 13 and summary["embedded"] == 0
+    new = SearchIndex.open(out)
+    assert new.info["version"] == 2 and new.thumbs.shape == (13, 64) and new.durations[0] == pytest.approx(1.0)
+
+
+def test_index_build_windows_and_search_commands(setup, tmp_path, capsys):
+    from clarion.cli import main
+
+    sf.write(tmp_path / "event.wav", event_wave(), RATE)
+    assert main(["index", "build", str(setup["audio"]), "--model", str(setup["run"]), "--out", str(tmp_path / "index"),
+                 "--device", "cpu", "--windows", "-q"]) == 0
+    assert "13 files, 72 windows" in capsys.readouterr().out
+    assert main(["search", str(tmp_path / "index"), "--audio", str(tmp_path / "event.wav"), "-k", "1"]) == 0
+    assert capsys.readouterr().out.strip().endswith("long/field_recording.wav  at 0:40")
+    assert main(["embed", str(setup["audio"]), "--model", str(setup["run"]), "--out", str(tmp_path / "emb.npy"),
+                 "--device", "cpu", "--long", "windows", "--hop-seconds", "0.5", "-q"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "emb.csv")))
+    j = [r["path"] for r in rows].index("long/field_recording.wav")
+    expected = load(setup["run"], "cpu", long="windows", hop_seconds=0.5).embed_audio(setup["long"])[0]
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy")[j], expected.numpy(), atol=1e-5)
+    with pytest.raises(SystemExit):
+        main(["embed", str(setup["audio"]), "--model", str(setup["run"]), "--out", str(tmp_path / "x.npy"), "--long", "all"])
