@@ -5,7 +5,8 @@ One long file is made of ``--inside`` test clips of the synthetic benchmark play
 Every English caption of a clip inside the long file is a query. Two indexes are built with the
 same model: ``first`` (each file's first clip_seconds, the default) and ``--windows`` (window =
 clip_seconds, hop = half of it). Reported: how often the long file is in the top 10, and, with
-windows, how often the reported offset falls inside the clip the caption describes.
+windows, how often the reported offset falls inside the clip the caption describes; as a control,
+how often the long file shows up for the captions of 30 library clips it does not contain.
 
     python benchmarks/long_file_search.py --run RUN --data demo/data --out /tmp/long_search
 """
@@ -80,10 +81,16 @@ def main() -> None:
                     right_offset += inside_clip
                     if example is None and inside_clip and hit.rank == 1 and lo > 60:
                         example = {"query": caption, "rank": hit.rank, "offset": hit.offset, "clip_starts": lo}
+    # control: captions of library clips (not in the long file); the long file should not show up
+    control = [c for clip in others[:30] for c in captions[clip]]
+    false_hits = {name: sum(any(h.path == "long_recording.wav" for h in index.search_text(c, args.k)) for c in control)
+                  for name, index in (("first", first), ("windows", windows))}
     result = {
         "long_file_seconds": round(t, 1), "clips_inside": len(inside), "library": len(others) + 1, "queries": queries,
         "k": args.k, f"long_file_in_top{args.k}": {k: round(v / queries, 3) for k, v in found.items()},
-        "offset_in_the_described_clip": round(right_offset / queries, 3), "example": example,
+        "offset_in_the_described_clip": round(right_offset / queries, 3),
+        f"control_queries_with_long_file_in_top{args.k}": {k: round(v / len(control), 3) for k, v in false_hits.items()},
+        "control_queries": len(control), "example": example,
     }
     print(json.dumps(result, indent=2))
 
