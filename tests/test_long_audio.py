@@ -234,6 +234,38 @@ def test_event_at_40_s_is_found_with_windows_and_not_with_first(setup, tmp_path)
     assert np.flatnonzero(windowed.thumbs[j]).tolist() == list(range(int(EVENT_AT / bin_seconds), int((EVENT_AT + 1) / bin_seconds) + 1))
 
 
+def test_a_text_query_finds_the_event_at_40_s_only_with_windows(tone_data, tmp_path):
+    """A tiny model trained for a few seconds on the tone clips of conftest (captions such as "a
+    very high tone beeps twice"); the library holds one-beep clips and a silent 60 s file whose
+    only sound, at 40 s, beeps twice."""
+    from conftest import PITCHES, TINY
+
+    from clarion.train.loop import train
+
+    cfg = load_config(None, [*TINY, f"data.train={tone_data['train']}", "train.batch_size=16", "train.epochs=6",
+                             "train.device=cpu"])
+    train(cfg, tmp_path / "run")
+    t = np.arange(RATE) / RATE
+    library = tmp_path / "library"
+    library.mkdir()
+    for name, freq in PITCHES.items():
+        for beeps in (1, 2):
+            gate = sum(((t >= 0.1 + 0.45 * b) & (t < 0.4 + 0.45 * b)).astype(np.float32) for b in range(beeps))
+            wave = (0.5 * gate * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+            if beeps == 1:
+                sf.write(library / f"{name.replace(' ', '_')}_once.wav", wave, RATE)
+            elif name == "very high":
+                recording = np.zeros(60 * RATE, np.float32)
+                recording[EVENT_AT * RATE : (EVENT_AT + 1) * RATE] = wave
+                sf.write(library / "recording.wav", recording, RATE)
+    build_index(library, tmp_path / "run", tmp_path / "first", device="cpu")
+    build_index(library, tmp_path / "run", tmp_path / "windows", device="cpu", windows=True)
+    query = "a very high tone beeps twice"
+    hit = SearchIndex.open(tmp_path / "windows").search_text(query, 1)[0]
+    assert (hit.path, hit.offset) == ("recording.wav", EVENT_AT)
+    assert SearchIndex.open(tmp_path / "first").search_text(query, 5)[-1].path == "recording.wav"  # silence ranks last
+
+
 def test_settings_are_part_of_the_index(setup, tmp_path):
     build_index(setup["audio"], setup["run"], tmp_path / "index", device="cpu", windows=True)
     with pytest.raises(Exception, match="--rebuild"):
