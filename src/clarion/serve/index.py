@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from ..api import AUDIO_EXTENSIONS, ClarionModel, find_audio_files, load
-from ..audio import AudioError, file_summary
+from ..audio import AudioError, file_problem, file_summary
 from ..audio.windows import THUMB_BINS
 from ..files import atomic_write_json
 from ..rundir import RunError, atomic_write, atomic_write_text
@@ -430,11 +430,12 @@ def build_index(
     current = {}
     missing = []
     for rel in files:
-        try:
-            st = os.stat(audio_root / rel)
-        except OSError as exc:
-            missing.append((rel, f"unusable path ({exc.strerror or exc})"))
+        problem = file_problem(audio_root / rel)  # a manifest may list files that are gone
+        if problem is not None:
+            log.warning("skipping %s: %s", rel, problem)
+            missing.append((rel, problem))
             continue
+        st = os.stat(audio_root / rel)
         current[rel] = _Entry(rel, st.st_size, st.st_mtime_ns)
     out.mkdir(parents=True, exist_ok=True)
     partial = _Partial(out, {"model_fingerprint": model.fingerprint, "source": source_id, **settings})
