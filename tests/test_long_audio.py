@@ -405,3 +405,16 @@ def test_index_build_windows_and_search_commands(setup, tmp_path, capsys):
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy")[j], expected.numpy(), atol=1e-5)
     with pytest.raises(SystemExit):
         main(["embed", str(setup["audio"]), "--model", str(setup["run"]), "--out", str(tmp_path / "x.npy"), "--long", "all"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_windowed_search_on_cuda(setup, tmp_path):
+    build_index(setup["audio"], setup["run"], tmp_path / "index", device="cpu", windows=True)
+    cpu, gpu = SearchIndex.open(tmp_path / "index"), SearchIndex.open(tmp_path / "index", device="cuda")
+    assert gpu.windows.device.type == "cuda" and gpu.model.device.type == "cuda"
+    hit = gpu.search_audio(event_wave(), RATE, 1)[0]
+    assert (hit.path, hit.offset) == ("long/field_recording.wav", EVENT_AT)
+    want, got = cpu.search_text("a chirp", 13), gpu.search_text("a chirp", 13)
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-2)  # cuDNN may use TF32
+    torch.testing.assert_close(gpu.model.embed_audio(setup["long"]), cpu.model.embed_audio(setup["long"]), atol=1e-2, rtol=0)
