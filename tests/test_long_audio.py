@@ -418,3 +418,28 @@ def test_windowed_search_on_cuda(setup, tmp_path):
     want, got = cpu.search_text("a chirp", 13), gpu.search_text("a chirp", 13)
     np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-2)  # cuDNN may use TF32
     torch.testing.assert_close(gpu.model.embed_audio(setup["long"]), cpu.model.embed_audio(setup["long"]), atol=1e-2, rtol=0)
+
+
+def test_evaluate_command_reads_whole_clips_with_long_windows(setup, tmp_path, capsys):
+    from clarion.cli import main
+    from clarion.evaluate.embed import evaluate_retrieval
+    from clarion.rundir import load_model
+
+    manifest = tmp_path / "m.csv"
+    rels = ["tones/low_220.wav", "noise/white_0.wav", "long/field_recording.wav", "chirps/up_300.wav"]
+    manifest.write_text("audio,caption\n" + "".join(f"{setup['audio'] / r},a clip {i}\n" for i, r in enumerate(rels)))
+    geometry = []
+    for extra in ([], ["--long", "windows", "--hop-seconds", "0.5", "--pool", "max"]):
+        assert main(["evaluate", str(setup["run"]), "--data", str(manifest), "--json", str(tmp_path / "m.json"),
+                     "--device", "cpu", "-q", *extra]) == 0
+        got = json.loads((tmp_path / "m.json").read_text())
+        cfg, model = load_model(setup["run"], CPU)
+        if extra:
+            cfg.audio = load_config(None, ["audio.clip_seconds=1.0", "audio.long=windows", "audio.hop_seconds=0.5",
+                                           "audio.pool=max"]).audio
+        want = evaluate_retrieval(model, read_manifest(manifest), cfg, CPU)
+        assert got["t2a"] == pytest.approx(want["t2a"]) and got["geometry"] == pytest.approx(want["geometry"])
+        geometry.append(got["geometry"])
+    assert geometry[0] != pytest.approx(geometry[1])  # the long clip is read whole the second time
+    assert main(["evaluate", str(setup["run"]), "--data", str(manifest), "--long", "windows", "--hop-seconds", "0", "-q"]) == 2
+    assert "--hop-seconds must be positive" in capsys.readouterr().err

@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import LongAudio, WindowPool, choices
-from .options import add_batch_size, add_command, add_device, add_model
+from .options import add_batch_size, add_command, add_device, add_long_audio, add_model, long_audio_overrides
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -86,22 +85,14 @@ def _add_embedding_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, type=Path, help=out_help)
     add_batch_size(p)
     add_device(p, "auto")
-    g = p.add_argument_group("long recordings (default: the model's audio.long, normally 'first')")
-    g.add_argument("--long", choices=choices(LongAudio), help="first: the first audio.clip_seconds of each file; windows: the "
-                   "whole file in windows, embeddings pooled")
-    g.add_argument("--window-seconds", type=float, help="window length (default audio.window_seconds, else clip_seconds)")
-    g.add_argument("--hop-seconds", type=float, help="hop between windows (default: the window)")
-    g.add_argument("--pool", choices=choices(WindowPool), help="mean (default) or max of the window embeddings")
+    add_long_audio(p)
 
 
 def _load_model(args: argparse.Namespace):
     """The model of --model on --device, with the long-recording options applied."""
     from ..api import load
 
-    model = load(args.model, args.device)
-    if args.window_seconds is not None and args.window_seconds <= 0 or args.hop_seconds is not None and args.hop_seconds <= 0:
-        raise ValueError("--window-seconds and --hop-seconds must be positive")
-    return model.set_long(args.long, args.window_seconds, args.hop_seconds, args.pool)
+    return load(args.model, args.device, **long_audio_overrides(args))
 
 
 def _embed(args: argparse.Namespace) -> int:
