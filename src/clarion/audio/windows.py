@@ -97,7 +97,7 @@ def file_windows(
 
 def _stream(f: sf.SoundFile, sample_rate: int, plan: WindowPlan, name) -> Iterator[tuple[int, np.ndarray]]:
     resampler = soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ") if f.samplerate != sample_rate else None
-    block = max(1, BLOCK_FRAMES // max(1, f.channels) * 1)
+    block = max(1, BLOCK_FRAMES // f.channels)
     buffer = np.zeros(0, dtype=np.float32)
     buffer_start = 0  # absolute sample index of buffer[0]
     next_start = 0  # start of the next window to yield
