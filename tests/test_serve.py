@@ -115,6 +115,9 @@ def test_text_search_equals_the_index(client, index, query, k):
         assert (got["rank"], got["id"], got["path"]) == (hit.rank, hit.id, hit.path)
         assert got["score"] == pytest.approx(hit.score, abs=1e-6)
         assert got["audio_url"] == f"/api/audio/{hit.id}"
+        # a folder index of one-second clips read with `first`: no caption, no offset
+        assert got["caption"] == "" and got["offset"] is None and got["duration"] == pytest.approx(1.0, abs=1e-3)
+        assert got["peaks"] == index.thumbs[hit.id].tolist() and len(got["peaks"]) == 64 and max(got["peaks"]) > 0
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
 

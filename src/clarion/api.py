@@ -11,8 +11,12 @@
 Audio goes through the evaluation pipeline: decoded (or taken as a 1-D array), resampled to
 ``cfg.audio.sample_rate``, capped at ``cfg.audio.max_seconds``, then cropped from the start or
 zero-padded to ``cfg.audio.clip_seconds`` (:func:`clarion.audio.fit_length` without a
-random generator, as :class:`clarion.data.loaders.ClipDataset` does). Everything runs in eval
-mode under ``torch.no_grad`` in float32, so the same input always gives the same embedding.
+random generator, as :class:`clarion.data.loaders.ClipDataset` does). With
+``cfg.audio.long == "windows"`` (:meth:`ClarionModel.set_long`) the whole input is cut into
+windows instead, each embedded, and pooled into one embedding (:mod:`clarion.audio.windows`;
+files are streamed, so an hour-long file needs no more memory than a short one). Everything
+runs in eval mode under ``torch.no_grad`` in float32, so the same input always gives the same
+embedding.
 
 An export directory is a run directory without the training state (same loader,
 :func:`clarion.rundir.load_model`): ``config.yaml``, ``tokenizer.json``, ``model.safetensors``
@@ -36,9 +40,9 @@ import soxr
 import torch
 from tokenizers import Tokenizer
 
-from .config import Config
+from .config import Config, config_from_dict
 from .files import atomic_dir
-from .audio import AudioError, fit_length, read_audio
+from .audio import AudioError, Pooled, WindowPlan, embed_windowed, file_windows, fit_length, read_audio, wave_windows
 from .evaluate.zeroshot import DEFAULT_PROMPT, class_embeddings
 from .models import DualEncoder
 from .models.clap import is_clap_spec
@@ -53,23 +57,29 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", "
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor  # a file, or a 1-D waveform
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "auto") -> ClarionModel:
+def load(path: str | os.PathLike, device: str | torch.device = "auto", **long_audio) -> ClarionModel:
     """The model of a run directory or an export directory (:meth:`ClarionModel.save`), in
     eval mode on ``device`` ("auto": CUDA when available, else CPU). ``"hf-clap:PATH"``: a
     pretrained Hugging Face CLAP folder (or cached hub id) as an untrained model
-    (:func:`clarion.rundir.pretrained_clap_run`); ``save`` turns it into an export directory."""
+    (:func:`clarion.rundir.pretrained_clap_run`); ``save`` turns it into an export directory.
+    Keyword arguments (``long``, ``window_seconds``, ``hop_seconds``, ``pool``) go to
+    :meth:`ClarionModel.set_long`."""
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     if is_clap_spec(path):
         cfg, tokenizer, model, objective = pretrained_clap_run(str(path))
         meta = {"format": "hf-clap", "source": str(path)}
-        return ClarionModel(cfg, model.to(device), tokenizer, objective.state_dict(), meta, Path(str(path)))
+        loaded = ClarionModel(cfg, model.to(device), tokenizer, objective.state_dict(), meta, Path(str(path)))
+        return loaded.set_long(**long_audio) if long_audio else loaded
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"no model at {path}: expected a run or export directory (or hf-clap:PATH)")
     cfg, model = load_model(path, device)
     meta_path = path / "model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return ClarionModel(cfg, model, load_tokenizer(path), read_objective_state(path), meta, path)
+    loaded = ClarionModel(cfg, model, load_tokenizer(path), read_objective_state(path), meta, path)
+    if long_audio:
+        loaded.set_long(**long_audio)
+    return loaded
 
 
 @dataclass
@@ -98,11 +108,17 @@ class Classification:
 @dataclass
 class FileEmbeddings:
     """:meth:`ClarionModel.embed_files`: ``embeddings`` [n_ok, d] of the files at positions
-    ``ok`` (into the paths given) and the ``(path, reason)`` of the files that failed."""
+    ``ok`` (into the paths given) and the ``(path, reason)`` of the files that failed. With
+    ``keep_windows``: per ok file, its window embeddings [K_i, d] and window starts in seconds."""
 
     embeddings: torch.Tensor
     ok: list[int]
     bad: list[tuple[str, str]]
+    windows: list[torch.Tensor] | None = None
+    starts: list[list[float]] | None = None
+
+
+LONG_KEYS = ("long", "window_seconds", "hop_seconds", "pool")  # how long inputs are read, not what the model is
 
 
 class ClarionModel:
@@ -145,12 +161,45 @@ class ClarionModel:
         """Samples of the window every clip is cropped / padded to."""
         return round(self.cfg.audio.clip_seconds * self.sample_rate)
 
+    @property
+    def windowed(self) -> bool:
+        """Whether long inputs are embedded as pooled windows (``audio.long == "windows"``)."""
+        return self.cfg.audio.long == "windows"
+
+    @property
+    def window_plan(self) -> WindowPlan:
+        return WindowPlan.from_config(self.cfg.audio)
+
+    @property
+    def long_settings(self) -> dict:
+        """``{"long", "window_seconds", "hop_seconds", "pool"}`` as they apply now (resolved seconds)."""
+        a = self.cfg.audio
+        if a.long == "first":
+            return {"long": "first", "clip_seconds": a.clip_seconds}
+        plan = self.window_plan
+        return {"long": "windows", "window_seconds": plan.window / self.sample_rate,
+                "hop_seconds": plan.hop / self.sample_rate, "pool": a.pool}
+
+    def set_long(self, long: str | None = None, window_seconds: float | None = None,
+                 hop_seconds: float | None = None, pool: str | None = None) -> ClarionModel:
+        """Change how long inputs are embedded (``audio.long`` and its window, hop and pooling;
+        None keeps a setting); checked like the config file. Returns ``self``."""
+        tree = self.cfg.to_dict()
+        for key, value in (("long", long), ("window_seconds", window_seconds), ("hop_seconds", hop_seconds), ("pool", pool)):
+            if value is not None:
+                tree["audio"][key] = value
+        self.cfg.audio = config_from_dict(tree).audio
+        return self
+
     @cached_property
     def fingerprint(self) -> str:
         """sha256 of what determines the embeddings: the model's weights (names, dtypes, shapes,
-        bytes), the audio and model config and the tokenizer. A run and its export share it."""
+        bytes), the audio and model config and the tokenizer. A run and its export share it.
+        The long-input settings (:data:`LONG_KEYS`) are left out: they say how a file is read,
+        and an index records them itself."""
         digest = hashlib.sha256()
-        settings = {"audio": self.cfg.to_dict()["audio"], "model": self.cfg.to_dict()["model"]}
+        audio = {k: v for k, v in self.cfg.to_dict()["audio"].items() if k not in LONG_KEYS}
+        settings = {"audio": audio, "model": self.cfg.to_dict()["model"]}
         digest.update(json.dumps(settings, sort_keys=True).encode())
         digest.update(self.tokenizer.to_str().encode())
         for name, tensor in sorted(self.model.state_dict().items()):
@@ -175,8 +224,8 @@ class ClarionModel:
             wave = self._resample(audio, sample_rate)
         return fit_length(wave, self.clip_samples, None)
 
-    def _resample(self, wave: np.ndarray | torch.Tensor, rate: int | None) -> np.ndarray:
-        """What :func:`clarion.audio.decode_audio` does to decoded samples (soxr "HQ", cap)."""
+    def _resample(self, wave: np.ndarray | torch.Tensor, rate: int | None, cap: bool = True) -> np.ndarray:
+        """What :func:`clarion.audio.decode_audio` does to decoded samples (soxr "HQ", cap unless ``cap=False``)."""
         if isinstance(wave, torch.Tensor):
             wave = wave.detach().cpu().numpy()
         wave = np.asarray(wave, dtype=np.float32)
@@ -191,15 +240,26 @@ class ClarionModel:
             raise ValueError(f"sample_rate must be a positive integer, got {rate}")
         if rate != self.sample_rate:
             wave = soxr.resample(wave, int(rate), self.sample_rate, quality="HQ")
-        if self.cfg.audio.max_seconds is not None:
+        if cap and self.cfg.audio.max_seconds is not None:
             wave = wave[: int(np.ceil(self.cfg.audio.max_seconds * self.sample_rate - 1e-6))]
         return np.ascontiguousarray(wave, dtype=np.float32)
 
     @torch.no_grad()
-    def _embed_windows(self, windows: list[np.ndarray]) -> torch.Tensor:
-        """[B, d] embeddings of B prepared windows [clip_samples]."""
-        batch = torch.from_numpy(np.stack(windows)).to(self.device)
+    def _embed_windows(self, windows: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """[B, d] embeddings of B prepared windows [clip_samples] (or [window] samples)."""
+        batch = torch.from_numpy(np.stack(windows) if isinstance(windows, list) else windows).to(self.device)
         return self.model.embed_audio(batch).float().cpu()
+
+    def _window_source(self, audio: AudioInput, sample_rate: int | None) -> Callable[[], Iterator[tuple[int, np.ndarray]]]:
+        """The window iterator of one input (windows mode): a file is streamed, a waveform resampled whole."""
+        plan = self.window_plan
+        if isinstance(audio, (str, os.PathLike)):
+            return lambda: file_windows(audio, self.sample_rate, plan)
+        wave = self._resample(audio, sample_rate, cap=False)
+        return lambda: wave_windows(wave, plan)
+
+    def _pooled(self, sources: list, batch_size: int, keep_windows: bool = False) -> Iterator[Pooled]:
+        return embed_windowed(sources, self._embed_windows, batch_size, self.cfg.audio.pool, keep_windows)
 
     def embed_audio(
         self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None, batch_size: int = 32
@@ -211,6 +271,12 @@ class ClarionModel:
         """
         items = _as_list(audio)
         _check_batch_size(batch_size)
+        if self.windowed:
+            pooled = list(self._pooled([self._window_source(x, sample_rate) for x in items], batch_size))
+            for item in pooled:
+                if item.error is not None:
+                    raise item.error
+            return torch.stack([p.embedding for p in pooled]) if pooled else torch.zeros(0, self.embed_dim)
         out = [
             self._embed_windows([self.prepare(x, sample_rate) for x in chunk])
             for chunk in _chunks(items, batch_size)
@@ -218,13 +284,22 @@ class ClarionModel:
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
 
     def embed_files(
-        self, paths: Sequence[str | os.PathLike], batch_size: int = 32, progress: Callable[[int], object] | None = None
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        progress: Callable[[int], object] | None = None,
+        keep_windows: bool = False,
     ) -> FileEmbeddings:
         """Embed files, skipping (and logging) those that cannot be decoded.
 
-        ``progress(n)`` is called after every batch with the number of files it consumed.
+        ``progress(n)`` is called as files are done with the number done since the last call.
+        ``keep_windows`` (windows mode only) also returns each file's window embeddings and starts.
         """
         _check_batch_size(batch_size)
+        if keep_windows and not self.windowed:
+            raise ValueError("keep_windows needs audio.long=windows")
+        if self.windowed:
+            return self._embed_files_windowed(list(paths), batch_size, progress, keep_windows)
         embeddings, ok, bad = [], [], []
         for start, chunk in zip(range(0, len(paths), batch_size), _chunks(list(paths), batch_size)):
             windows = []
@@ -242,6 +317,23 @@ class ClarionModel:
                 progress(len(chunk))
         emb = torch.cat(embeddings) if embeddings else torch.zeros(0, self.embed_dim)
         return FileEmbeddings(emb, ok, bad)
+
+    def _embed_files_windowed(self, paths: list, batch_size: int, progress, keep_windows: bool) -> FileEmbeddings:
+        embeddings, ok, bad, windows, starts = [], [], [], [], []
+        for item in self._pooled([self._window_source(p, None) for p in paths], batch_size, keep_windows):
+            if item.error is not None:
+                log.warning("skipping %s", item.error)
+                bad.append((str(paths[item.index]), item.error.reason))
+            else:
+                ok.append(item.index)
+                embeddings.append(item.embedding)
+                if keep_windows:
+                    windows.append(item.windows)
+                    starts.append([s / self.sample_rate for s in item.starts])
+            if progress is not None:
+                progress(1)
+        emb = torch.stack(embeddings) if embeddings else torch.zeros(0, self.embed_dim)
+        return FileEmbeddings(emb, ok, bad, windows if keep_windows else None, starts if keep_windows else None)
 
     # -- text ----------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@
     FILE.skipped.csv  path,reason: inputs that could not be used (only when there are some)
 
 Audio mode embeds every audio file under a folder (recursive) or every distinct clip of a
-manifest / dataset spec; text mode (``text=True``) embeds every caption row of a manifest.
+manifest / dataset spec, read as the model's ``audio.long`` says (its first clip_seconds, or
+the whole file as pooled windows: :meth:`clarion.api.ClarionModel.set_long`); text mode
+(``text=True``) embeds every caption row of a manifest.
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ ProjectionHead = Literal["mlp", "msclap"]
 # | fp16 (autocast + a gradient scaler)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LiveLogger = Literal["tensorboard", "wandb"]  # train.log_to: where step and epoch records also go
+LongAudio = Literal["first", "windows"]  # inference on a long file: its first clip_seconds | every window, pooled
+WindowPool = Literal["mean", "max"]  # how window embeddings become one clip embedding
 
 
 def choices(kind: Any) -> tuple[str, ...]:
@@ -91,6 +93,15 @@ class AudioConfig:
     f_max: float | None = ranged(_optional(_positive), "positive or null", default=None)
     # decode cap: longer files are read up to this length
     max_seconds: float | None = ranged(_optional(_positive), "positive seconds or null (no cap)", default=600.0)
+    # inference only (evaluation, clarion.load, embed, index build); training always crops clip_seconds.
+    # first: the first clip_seconds, zero-padded; windows: the whole file (streamed, max_seconds does not
+    # apply) cut into windows, each embedded, pooled into one embedding (clarion.audio.windows)
+    long: LongAudio = "first"
+    window_seconds: float | None = ranged(_optional(lambda x: 0 < x <= 3600), "seconds in (0, 3600] or null (clip_seconds)",
+                                          default=None)
+    hop_seconds: float | None = ranged(_optional(lambda x: 0 < x <= 3600), "seconds in (0, 3600] or null (the window)",
+                                       default=None)
+    pool: WindowPool = "mean"  # mean: mean of the unit window embeddings, re-normalised | max: per-dimension max
 
 
 @dataclass

@@ -97,10 +97,7 @@ def decode_audio(
     try:
         with sf.SoundFile(source) as f:
             file_rate = f.samplerate
-            if not 1 <= f.channels <= MAX_CHANNELS:
-                raise AudioError(name, f"unsupported channel count {f.channels} (at most {MAX_CHANNELS})")
-            if not RATE_RANGE[0] <= file_rate <= RATE_RANGE[1]:
-                raise AudioError(name, f"implausible sample rate {file_rate} Hz (expected {RATE_RANGE[0]}-{RATE_RANGE[1]} Hz)")
+            check_header(f, name)
             wave = _read_mono(f, None if max_seconds is None else _n_frames(max_seconds, file_rate), name)
     except _DECODE_ERRORS as e:
         raise AudioError(name, f"cannot decode ({_sf_message(e)})") from e
@@ -111,6 +108,14 @@ def decode_audio(
         if max_seconds is not None:
             wave = wave[: _n_frames(max_seconds, sample_rate)]
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def check_header(f: sf.SoundFile, name: str | os.PathLike | BinaryIO) -> None:
+    """Raise :class:`AudioError` for a channel count or sample rate no real recording has."""
+    if not 1 <= f.channels <= MAX_CHANNELS:
+        raise AudioError(name, f"unsupported channel count {f.channels} (at most {MAX_CHANNELS})")
+    if not RATE_RANGE[0] <= f.samplerate <= RATE_RANGE[1]:
+        raise AudioError(name, f"implausible sample rate {f.samplerate} Hz (expected {RATE_RANGE[0]}-{RATE_RANGE[1]} Hz)")
 
 
 def _read_mono(f: sf.SoundFile, limit: int | None, name: str | os.PathLike | BinaryIO) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .options import add_command, add_device, add_on_bad_sample, write_json
+from .options import add_command, add_device, add_long_audio, add_on_bad_sample, long_audio_overrides, write_json
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -36,10 +36,12 @@ def _add_run_and_data(p: argparse.ArgumentParser, data_help: str, json_help: str
     p.add_argument("--json", type=Path, help=json_help)
     add_device(p)
     add_on_bad_sample(p)
+    add_long_audio(p)
 
 
 def _load_run_and_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """(cfg, model, device, manifest) of ``args.run`` on ``args.data`` under ``args.on_bad_sample``."""
+    from ..config import config_from_dict
     from ..data.open import open_source
     from ..rundir import load_model
     from ..runtime import resolve_device
@@ -47,6 +49,9 @@ def _load_run_and_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     device = resolve_device(args.device)
     cfg, model = load_model(args.run, device)
     cfg.data.on_bad_sample = args.on_bad_sample
+    long_audio = long_audio_overrides(args)
+    if long_audio:
+        cfg = config_from_dict({**cfg.to_dict(), "audio": {**cfg.to_dict()["audio"], **long_audio}})
     return cfg, model, device, open_source(args.data, args.on_bad_sample)
 
 

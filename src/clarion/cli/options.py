@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import OnBadSample, choices
+from ..config import LongAudio, OnBadSample, WindowPool, choices
 
 COMMON = argparse.ArgumentParser(add_help=False)
 COMMON.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -43,6 +43,25 @@ def add_model(p: argparse.ArgumentParser) -> None:
 
 def add_batch_size(p: argparse.ArgumentParser, default: int | None = 32) -> None:
     p.add_argument("--batch-size", type=int, default=default)
+
+
+def add_long_audio(p: argparse.ArgumentParser) -> None:
+    """--long, --window-seconds, --hop-seconds, --pool: how long recordings are read (audio.long & co)."""
+    g = p.add_argument_group("long recordings (default: the model's audio.long, normally 'first')")
+    g.add_argument("--long", choices=choices(LongAudio), help="first: the first audio.clip_seconds of each file; windows: the "
+                   "whole file in windows, embeddings pooled")
+    g.add_argument("--window-seconds", type=float, help="window length (default audio.window_seconds, else clip_seconds)")
+    g.add_argument("--hop-seconds", type=float, help="hop between windows (default: the window)")
+    g.add_argument("--pool", choices=choices(WindowPool), help="mean (default) or max of the window embeddings")
+
+
+def long_audio_overrides(args: argparse.Namespace) -> dict:
+    """The long-recording options given on the command line, as ``audio`` keys (positive seconds checked)."""
+    for flag, value in (("--window-seconds", args.window_seconds), ("--hop-seconds", args.hop_seconds)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    given = {"long": args.long, "window_seconds": args.window_seconds, "hop_seconds": args.hop_seconds, "pool": args.pool}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def write_json(metrics: dict, path: Path | None) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_batch_size, add_command, add_device, add_model
+from .options import add_batch_size, add_command, add_device, add_long_audio, add_model, long_audio_overrides
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -85,18 +85,25 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_embedding_options(p: argparse.ArgumentParser, out_help: str) -> None:
-    """What `embed` and `index build` share: the model, where to write, batch size, device."""
+    """What `embed` and `index build` share: the model, where to write, batch size, device, long files."""
     add_model(p)
     p.add_argument("--out", required=True, type=Path, help=out_help)
     add_batch_size(p)
     add_device(p, "auto")
+    add_long_audio(p)
+
+
+def _load_model(args: argparse.Namespace):
+    """The model of --model on --device, with the long-recording options applied."""
+    from ..api import load
+
+    return load(args.model, args.device, **long_audio_overrides(args))
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..api import load
     from ..bulk import embed_source, write_embedded
 
-    model = load(args.model, args.device)
+    model = _load_model(args)
     data = embed_source(args.input, model, text=args.text, batch_size=args.batch_size, progress=not args.quiet)
     npy, index, skipped = write_embedded(args.out, data)
     what = "captions" if args.text else "clips"
@@ -107,28 +114,37 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "index", None, "build or update a search index over an audio folder",
+    p = add_command(sub, "index", None, "build or update a search index over an audio folder or a manifest",
                     description="Search indexes (clarion.serve.index): embeddings of every audio file under a folder "
-                    "and the model export, for `clarion search` and `clarion serve`.", common=False)
+                    "(or every clip of a manifest) and the model export, for `clarion search` and `clarion serve`.",
+                    common=False)
     tools = p.add_subparsers(dest="index_command", required=True)
-    b = add_command(tools, "build", None, "index every audio file under AUDIO_DIR (incremental)",
-                    description="Embed every audio file under AUDIO_DIR (recursive) into INDEX. Re-running it "
-                    "embeds only new and changed files (size + mtime) and drops removed ones. An index is tied "
-                    "to one folder and one model: --rebuild to change either. Undecodable files are skipped and "
+    b = add_command(tools, "build", None, "index every audio file under a folder or every clip of a manifest (incremental)",
+                    description="Embed every audio file under SOURCE (a folder, recursive) or every clip of SOURCE (a "
+                    "manifest or dataset spec NAME:PATH@SPLIT; the page then shows each clip's caption) into INDEX. "
+                    "Re-running it embeds only new and changed files (size + mtime) and drops removed ones; a build "
+                    "that was killed resumes from its committed chunks. An index is tied to one source, one model "
+                    "and one way of reading long files: --rebuild to change any. Undecodable files are skipped and "
                     "listed in INDEX/skipped.csv.")
-    b.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR")
+    b.add_argument("source", metavar="SOURCE", help="audio folder, manifest file, or dataset spec NAME:PATH@SPLIT")
     _add_embedding_options(b, "index directory")
-    b.add_argument("--rebuild", action="store_true", help="embed everything again (another model or folder)")
+    b.add_argument("--rebuild", action="store_true", help="embed everything again (another model, source or settings)")
+    b.add_argument("--windows", action="store_true", help="keep every window's embedding (implies --long windows): a hit "
+                   "is a file's best window and reports its start")
+    b.add_argument("--chunk-files", type=int, default=256, help="files per committed chunk (default 256): what a killed "
+                   "build may have to embed again")
     b.set_defaults(func=_index_build)
 
 
 def _index_build(args: argparse.Namespace) -> int:
     from ..serve.index import build_index
 
-    summary = build_index(args.audio_dir, args.model, args.out, batch_size=args.batch_size, device=args.device,
-                          rebuild=args.rebuild, progress=not args.quiet)
-    print(f"index {summary['index']}: {summary['total']} files ({summary['added']} added, {summary['updated']} updated, "
-          f"{summary['unchanged']} unchanged, {summary['removed']} removed, {summary['skipped']} skipped)")
+    summary = build_index(args.source, _load_model(args), args.out, batch_size=args.batch_size, rebuild=args.rebuild,
+                          progress=not args.quiet, windows=args.windows, chunk_files=args.chunk_files)
+    windows = f", {summary['windows']} windows" if args.windows else ""
+    print(f"index {summary['index']}: {summary['total']} files{windows} ({summary['added']} added, {summary['updated']} "
+          f"updated, {summary['unchanged']} unchanged, {summary['removed']} removed, {summary['skipped']} skipped; "
+          f"{summary['embedded']} embedded now, {summary['resumed']} resumed from an unfinished build)")
     return 0
 
 
@@ -159,8 +175,15 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps({**query, "audio_root": str(index.audio_root), "hits": [asdict(h) for h in hits]}, indent=2))
     else:
         for hit in hits:
-            print(f"{hit.rank:3d}  {hit.score:+.4f}  {hit.path}")
+            at = "" if hit.offset is None else f"  at {_clock(hit.offset)}"
+            print(f"{hit.rank:3d}  {hit.score:+.4f}  {hit.path}{at}")
     return 0
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` past an hour), as the search page writes offsets."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

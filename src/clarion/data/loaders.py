@@ -117,6 +117,9 @@ class AudioTextDataset(torch.utils.data.Dataset):
 class ClipDataset(torch.utils.data.Dataset):
     """One item per distinct clip, cropped deterministically, for embedding audio in evaluation.
 
+    This is ``audio.long=first`` (the first ``clip_seconds``); whole clips in windows are
+    streamed by :func:`clarion.evaluate.embed.embed_clip_windows` instead, which needs no dataset.
+
     Item j is ``{"audio": float32 [n_samples], "clip": j}`` for ``manifest.clips[j]``, or
     ``{"bad": (path, reason), "clip": j}`` under "skip".
     """

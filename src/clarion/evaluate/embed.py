@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..audio import ClipCache
+from ..audio import ClipCache, WindowPlan, embed_windowed, file_windows
 from ..data.loaders import ClipDataset, collate
-from ..data.records import Manifest
+from ..data.records import BadRow, BadSampleError, Manifest
 from ..models import DualEncoder
 from ..runtime import autocast_for
 from .geometry import embedding_geometry
@@ -26,7 +27,12 @@ def embed_clips(
     model: DualEncoder, manifest: Manifest, cfg: Config, device: torch.device, cache: ClipCache | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """Embed every distinct clip (deterministic crop). Returns ``emb`` [n_ok, d] (CPU, fp32),
-    ``clip_index`` [n_ok] (index into ``manifest.clips``) and the clips skipped as bad."""
+    ``clip_index`` [n_ok] (index into ``manifest.clips``) and the clips skipped as bad.
+
+    With ``cfg.audio.long == "windows"`` each whole clip is embedded as pooled windows
+    (:func:`embed_clip_windows`) instead of its first ``clip_seconds``."""
+    if cfg.audio.long == "windows":
+        return embed_clip_windows(model, manifest, cfg, device)
     dataset = ClipDataset(
         manifest, cfg.audio.sample_rate, cfg.audio.clip_seconds, cache, cfg.data.on_bad_sample, cfg.audio.max_seconds
     )
@@ -45,6 +51,41 @@ def embed_clips(
     if not embeddings:
         raise ValueError(f"no clip of {manifest.path} could be decoded ({len(bad)} bad)")
     return torch.cat(embeddings), torch.cat(indices), bad
+
+
+@torch.no_grad()
+def embed_clip_windows(
+    model: DualEncoder, manifest: Manifest, cfg: Config, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """:func:`embed_clips` in windows mode: every clip streamed whole (no cache, no workers: memory
+    stays O(batch · window) for any length), windows batched across clips
+    (:func:`clarion.audio.embed_windowed`) and pooled by ``cfg.audio.pool``. A clip that cannot be
+    decoded is skipped and logged, or raises :class:`BadSampleError` under ``on_bad_sample=fail``."""
+    plan = WindowPlan.from_config(cfg.audio)
+    first_line: dict = {}
+    for row in manifest.rows:
+        first_line.setdefault(row.audio, row.line)
+    model.eval()
+
+    def embed(windows: np.ndarray) -> torch.Tensor:
+        with autocast_for(device, cfg.train.amp):
+            return model.embed_audio(torch.from_numpy(windows).to(device)).float().cpu()
+
+    sources = [lambda clip=clip: file_windows(clip, cfg.audio.sample_rate, plan) for clip in manifest.clips]
+    embeddings, indices, bad = [], [], []
+    for item in embed_windowed(sources, embed, cfg.train.eval_batch_size, cfg.audio.pool):
+        if item.error is None:
+            embeddings.append(item.embedding)
+            indices.append(item.index)
+            continue
+        clip = manifest.clips[item.index]
+        if cfg.data.on_bad_sample == "fail":
+            raise BadSampleError.for_row(BadRow(manifest.path, first_line[clip], str(clip), item.error.reason)) from item.error
+        log.warning("skipping bad clip (%s:%d) %s", manifest.path, first_line[clip], item.error)
+        bad.append((str(clip), item.error.reason))
+    if not embeddings:
+        raise ValueError(f"no clip of {manifest.path} could be decoded ({len(bad)} bad)")
+    return torch.stack(embeddings), torch.tensor(indices, dtype=torch.long), bad
 
 
 @torch.no_grad()

@@ -9,10 +9,15 @@ Endpoints (every error is JSON ``{"error": message}`` with a 4xx status):
     The search page (``static/index.html``).
 ``GET /api/info``
     ``{"clips", "model" (first 12 hex digits of the model fingerprint), "embed_dim", "updated"
-    (when the index was last built), "max_k", "max_upload_bytes"}``.
+    (when the index was last built), "windows" (whether hits carry offsets), "max_k",
+    "max_upload_bytes"}``.
 ``GET /api/search?q=TEXT&k=10``
     Text-to-audio search: ``{"query", "k", "results": [{"rank", "id", "path", "score",
-    "audio_url"}]}``, best first; ``path`` is relative to the index's audio folder.
+    "audio_url", "duration", "caption", "offset", "peaks"}]}``, best first; ``path`` is relative
+    to the index's audio folder, ``duration`` the file's length in seconds (null when unknown),
+    ``caption`` its manifest caption ("" for a folder index), ``offset`` the start in seconds of
+    the best window (null unless the index keeps windows), ``peaks`` the waveform thumbnail
+    (:data:`~clarion.audio.windows.THUMB_BINS` values in 0-255, empty when unknown).
     400 when ``q`` is missing, empty or longer than 1000 characters, or ``k`` is not an
     integer in ``[1, max_k]``.
 ``POST /api/search/audio``
@@ -92,8 +97,13 @@ def create_app(
             raise HTTPException(400, str(exc)) from exc
 
     def answer(query: str, k: int, hits: list[Hit]) -> JSONResponse:
+        durations, captions, thumbs = getattr(index, "durations", None), getattr(index, "captions", None), getattr(index, "thumbs", None)
         results = [{"rank": h.rank, "id": h.id, "path": h.path, "score": round(float(h.score), 6),
-                    "audio_url": f"/api/audio/{h.id}"} for h in hits]
+                    "audio_url": f"/api/audio/{h.id}",
+                    "duration": None if durations is None or durations[h.id] is None else round(durations[h.id], 3),
+                    "caption": "" if captions is None else captions[h.id],
+                    "offset": None if h.offset is None else round(float(h.offset), 3),
+                    "peaks": [] if thumbs is None else thumbs[h.id].tolist()} for h in hits]
         return JSONResponse({"query": query, "k": k, "results": results})
 
     def parse_k(raw: str | None) -> int:
@@ -114,6 +124,7 @@ def create_app(
         meta = getattr(index, "info", {})  # index.json
         return JSONResponse({"clips": len(index), "model": str(meta.get("model_fingerprint") or "")[:12] or None,
                              "embed_dim": meta.get("embed_dim"), "updated": meta.get("updated"),
+                             "windows": bool(meta.get("windows")),
                              "max_k": max_k, "max_upload_bytes": max_upload_bytes})
 
     async def search_text(request: Request) -> Response:
