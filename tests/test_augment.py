@@ -185,6 +185,26 @@ def test_training_dataset_applies_gain_then_shift_from_its_row_key(tone_data):
     np.testing.assert_array_equal(evaluation[3]["audio"], AudioTextDataset(manifest, 16000, 1.0, train=False)[3]["audio"])
 
 
+def test_trainer_batches_carry_the_wave_augmentation(tone_data, tmp_path):
+    """The trainer's own loader: each row is the un-augmented crop with its gain and shift applied."""
+    from clarion.train.loop import Trainer
+
+    def trainer(*extra):
+        cfg = tiny_cfg(tone_data, *extra)
+        train_set = read_manifest(cfg.data.train)
+        model = build_model(cfg, train_tokenizer(train_set.captions, cfg.model.vocab_size))
+        return Trainer(cfg, tmp_path, model, build_objective("infonce"), train_set, None, torch.device("cpu"), None)
+
+    plain = next(iter(trainer()._epoch_loader(1)[0]))
+    augmented = next(iter(trainer("augment.gain_db=6", "augment.shift_seconds=0.25")._epoch_loader(1)[0]))
+    assert torch.equal(plain["index"], augmented["index"])
+    for row, i in enumerate(plain["index"].tolist()):
+        rng = np.random.default_rng([0, 1, i, 1])
+        g, s = rng.uniform(-6.0, 6.0), int(rng.integers(-4000, 4001))
+        expected = np.roll(plain["audio"][row].numpy() * np.float32(10 ** (g / 20)), s)
+        np.testing.assert_allclose(augmented["audio"][row].numpy(), expected, rtol=1e-6)
+
+
 def test_batch_mixup_is_keyed_to_seed_step_and_rank():
     model = nn.Sequential(SpecAugment(time_masks=1, time_width=2))
     batch = {"audio": torch.randn(6, 100), "caption": list("abcdef"), "audio_id": torch.arange(6), "index": torch.arange(6)}
