@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("evaluate", ["clarion.evaluate"]),
     ("train", ["clarion.train"]),
     ("experiments", ["clarion.synth", "clarion.compare", "clarion.report"]),
-    ("api, serve", ["clarion.api", "clarion.bulk", "clarion.serve"]),
+    ("api, serve", ["clarion.api", "clarion.bulk", "clarion.serve", "clarion.export"]),
     ("cli, package façade", ["clarion.cli", "clarion"]),
 ]
 

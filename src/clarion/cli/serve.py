@@ -55,6 +55,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="run or export directory")
     p.add_argument("--out", required=True, type=Path, help="export directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    p.add_argument("--format", choices=["clarion", "onnx"], default="clarion",
+                   help="clarion: the folder above (default); onnx: audio.onnx + text.onnx + tokenizer, checked "
+                   "against torch under onnxruntime (needs the 'onnx' extra)")
     p.set_defaults(func=_export)
 
 
@@ -62,6 +65,13 @@ def _export(args: argparse.Namespace) -> int:
     from ..api import load
 
     model = load(args.run, device="cpu")
+    if args.format == "onnx":
+        from ..export.onnx import export_onnx
+
+        record = export_onnx(model, args.out, overwrite=args.overwrite)
+        worst = max(record["parity_max_abs"].values())
+        print(f"exported {args.run} to {args.out} as ONNX (audio.onnx, text.onnx; max |onnxruntime - torch| {worst:.2g})")
+        return 0
     out = model.save(args.out, overwrite=args.overwrite)
     print(f"exported {args.run} to {out} (fingerprint {model.fingerprint[:12]})")
     return 0
