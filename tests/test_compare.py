@@ -93,6 +93,11 @@ def test_augment_study_varies_only_augmentation_and_matches_the_recipe():
     assert cfgs["all"].to_dict() == {**load_config(configs / "demo_augment.yaml").to_dict(), "objective": base["objective"]}
     with pytest.raises(ConfigError, match="'overrides' must be a list"):
         parse_objectives([{"name": "infonce", "overrides": "augment.gain_db=3"}])
+    long = load_grid(configs / "compare" / "augment_study_long.yaml")  # the same cells at 10 epochs
+    assert [o.label for o in long.objectives] == ["none", "specaugment"] and long.seeds == [0, 1, 2]
+    for cell in long.cells()[:2]:
+        cfg = load_config(long.recipe, long.cell_overrides(cell))
+        assert cfg.train.epochs == 10 and cfg.augment == cfgs[cell.objective.label].augment
 
 
 def test_preset_has_the_documented_cells(tmp_path):
