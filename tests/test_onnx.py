@@ -106,3 +106,11 @@ def test_hf_audio_tower_is_refused_with_the_reason(tmp_path, ast_dir, capsys):  
     err = capsys.readouterr().err
     assert "model.audio_encoder=hf cannot be exported as ONNX" in err and "feature extractor" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_missing_optional_packages_name_the_extra(tmp_path, monkeypatch, capsys):
+    run = _run(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if not installed
+    assert main(["export", str(run), "--out", str(tmp_path / "onnx"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime is missing" in err and "clarion[onnx]" in err and not (tmp_path / "onnx").exists()

@@ -65,6 +65,7 @@ def _needs_onnx() -> Any:
     try:
         import onnx  # noqa: F401
         import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter writes through it)
     except ImportError as exc:
         raise OnnxExportError(
             f"--format onnx needs the optional packages onnx, onnxscript and onnxruntime ({exc.name} is missing): "
