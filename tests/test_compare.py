@@ -77,6 +77,29 @@ def test_study_grids_parse_and_build_their_objectives(name, cells, labels):
             assert cell.noise == 0.4
 
 
+def test_augment_study_varies_only_augmentation_and_matches_the_recipe():
+    """Entry overrides: each cell of the augmentation study is the demo recipe plus its own augment.*
+    keys; the "all" entry is configs/demo_augment.yaml."""
+    configs = Path(__file__).parents[1] / "configs"
+    grid = load_grid(configs / "compare" / "augment_study.yaml")
+    assert [o.label for o in grid.objectives] == ["none", "specaugment", "gain+shift", "mixup", "all"]
+    cfgs = {c.objective.label: load_config(grid.recipe, grid.cell_overrides(c)) for c in grid.cells()[:5]}
+    base = cfgs["none"].to_dict()
+    for label, cfg in cfgs.items():
+        assert {**cfg.to_dict(), "augment": base["augment"]} == base, label  # nothing else differs
+    assert cfgs["none"].augment == load_config().augment  # off by default
+    assert cfgs["mixup"].augment.mixup_alpha == 0.5 and cfgs["mixup"].augment.gain_db == 0
+    assert cfgs["all"].augment == load_config(configs / "demo_augment.yaml").augment
+    assert cfgs["all"].to_dict() == {**load_config(configs / "demo_augment.yaml").to_dict(), "objective": base["objective"]}
+    with pytest.raises(ConfigError, match="'overrides' must be a list"):
+        parse_objectives([{"name": "infonce", "overrides": "augment.gain_db=3"}])
+    long = load_grid(configs / "compare" / "augment_study_long.yaml")  # the same cells at 10 epochs
+    assert [o.label for o in long.objectives] == ["none", "specaugment"] and long.seeds == [0, 1, 2]
+    for cell in long.cells()[:2]:
+        cfg = load_config(long.recipe, long.cell_overrides(cell))
+        assert cfg.train.epochs == 10 and cfg.augment == cfgs[cell.objective.label].augment
+
+
 def test_preset_has_the_documented_cells(tmp_path):
     full = synthetic_preset(tmp_path)
     assert len(full.cells()) == 9 * 3 * 2

@@ -301,3 +301,18 @@ def test_cli_shards_then_train_streaming_and_exact_resume(tone_data, tmp_path, c
 
     assert strip(rolled) == strip(tmp_path / "full")
     assert sha256(rolled / "model.safetensors") == sha256(tmp_path / "full" / "model.safetensors")
+
+
+def test_streamed_samples_get_the_wave_augmentation_of_their_number(tmp_path):
+    """augment.gain_db / shift_seconds when streaming: each sample is its plain crop, scaled and rolled
+    by draws from (seed, epoch, sample number, 1), as in the index-based dataset."""
+    root = synthetic_shards(tmp_path / "wds", [3, 3])
+    plain = list(stream(root, batch_size=3, workers=0).loader(1)[0])
+    augmented = list(stream(root, batch_size=3, workers=0, gain_db=6.0, shift_seconds=0.05).loader(1)[0])
+    for p, a in zip(plain, augmented):
+        assert p["index"].tolist() == a["index"].tolist() and p["caption"] == a["caption"]
+        for row, number in enumerate(p["index"].tolist()):
+            rng = np.random.default_rng([3, 1, number, 1])
+            g, s = rng.uniform(-6.0, 6.0), int(rng.integers(-400, 401))
+            expected = np.roll(p["audio"][row].numpy() * np.float32(10 ** (g / 20)), s)
+            np.testing.assert_allclose(a["audio"][row].numpy(), expected, rtol=1e-6)

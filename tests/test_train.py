@@ -167,15 +167,21 @@ def _train_cmd(data, run, *extra):
             "train.checkpoint_every_steps=1", *extra]
 
 
+# every augmentation on (augment.*): its draws are keyed to the seed and the step or row, not to saved state
+AUGMENTED = ["augment.gain_db=6", "augment.shift_seconds=0.2", "augment.mixup_alpha=0.5", "augment.time_masks=2",
+             "augment.time_mask_frames=10", "augment.freq_masks=1", "augment.freq_mask_bins=8"]
+
+
 @pytest.mark.slow
-def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tone_data, tmp_path):
+@pytest.mark.parametrize("extra", [[], AUGMENTED], ids=["plain", "augmented"])
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tone_data, tmp_path, extra):
     """SIGKILL the trainer mid-epoch (after a mid-epoch checkpoint), resume, and compare with a
     run that was never interrupted: same final weights, same metrics."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(_train_cmd(tone_data, tmp_path / "full"), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(tone_data, tmp_path / "full", *extra), check=True, env=env, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tone_data, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(tone_data, run, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = run / "checkpoints" / "step_00000011"  # 8 steps per epoch: step 11 is mid epoch 2
     guard = time.monotonic() + 600  # a hang guard only: the kill waits for the checkpoint, however slow the machine
     while not target.exists() and proc.poll() is None:
@@ -186,7 +192,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tone_data, tmp_pat
     proc.wait()
     assert not (run / "checkpoints" / "step_00000024").exists(), "the run finished before it was killed"
 
-    subprocess.run(_train_cmd(tone_data, run, "--resume"), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(tone_data, run, *extra, "--resume"), check=True, env=env, capture_output=True)
     assert sha256(run / "model.safetensors") == sha256(tmp_path / "full" / "model.safetensors")
     timing = {"data_wait_s", "step_s", "time_s", "data_wait_share"}
 

@@ -203,12 +203,34 @@ class TrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-only augmentation; every key's default leaves it off (docs/methods.md, "Augmentation")."""
+
+    # random gain: each training clip scaled by g ~ U[-gain_db, gain_db] dB
+    gain_db: float = ranged(lambda x: 0 <= x <= 60, "dB in [0, 60]", default=0.0)
+    # circular time shift of each training clip by up to this many seconds either way
+    shift_seconds: float = ranged(_non_negative, ">= 0", default=0.0)
+    # mixup: row i of the batch becomes λ_i x_i + (1 - λ_i) x_(B-1-i), λ_i ~ Beta(α, α); 0 disables
+    mixup_alpha: float = ranged(_non_negative, ">= 0 (0 disables)", default=0.0)
+    # SpecAugment on the log-mel (cnn and panns-* towers): masks per clip and their maximum width
+    time_masks: int = ranged(_non_negative, ">= 0", default=0)
+    time_mask_frames: int = ranged(_non_negative, ">= 0 (frames)", default=0)
+    freq_masks: int = ranged(_non_negative, ">= 0", default=0)
+    freq_mask_bins: int = ranged(_non_negative, ">= 0 (mel bins)", default=0)
+
+    @property
+    def spec_augment(self) -> bool:
+        return (self.time_masks > 0 and self.time_mask_frames > 0) or (self.freq_masks > 0 and self.freq_mask_bins > 0)
+
+
+@dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # absent from older run directories: all off
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""``clarion`` commands that score a run on a data set: evaluate (retrieval), zeroshot (classification)."""
+"""``clarion`` commands that score a run on a data set: evaluate (retrieval), zeroshot (classification),
+probe (a linear probe on frozen embeddings beside zero-shot)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", metavar="TEMPLATE",
                    help="prompt template containing {label}; repeat to average several "
                    "(default: 'This is a sound of {label}.')")
+
+    p = add_command(sub, "probe", _probe, "linear-probe accuracy of a run's audio embeddings, beside zero-shot",
+                    "Logistic regression on the frozen audio embeddings, cross-validated by fold (train on the "
+                    "other folds, test on one; mean ± std over folds, as LAION-CLAP and HEAR report), and zero-shot "
+                    "accuracy on the same folds. Folds come from the manifest's fold column (esc50:PATH, us8k:PATH), "
+                    "else --folds stratified folds are made.")
+    _add_run_and_data(p, "manifest with a label column (and optionally fold), or a dataset spec such as esc50:PATH",
+                      "also write the results here")
+    p.add_argument("--C", type=float, default=1.0, dest="c",
+                   help="inverse L2 strength of the logistic regression, as scikit-learn's C (default 1)")
+    p.add_argument("--folds", type=int, default=5, help="folds to make when the data has none (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of those folds")
+    p.add_argument("--prompt", action="append", metavar="TEMPLATE",
+                   help="zero-shot prompt template containing {label} (default: 'This is a sound of {label}.')")
 
 
 def _add_run_and_data(p: argparse.ArgumentParser, data_help: str, json_help: str) -> None:
@@ -85,3 +100,13 @@ def _zeroshot(args: argparse.Namespace) -> int:
     if len(metrics["labels"]) > 20:  # a large confusion matrix goes to --json only
         printed = {k: v for k, v in metrics.items() if k != "confusion"}
     return _report(metrics, manifest, args, printed)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ..evaluate.probe import evaluate_probe
+    from ..evaluate.zeroshot import DEFAULT_PROMPT, check_prompts
+
+    prompts = check_prompts(args.prompt or [DEFAULT_PROMPT])
+    cfg, model, device, manifest = _load_run_and_data(args)
+    metrics = evaluate_probe(model, manifest, cfg, device, prompts=prompts, c=args.c, n_folds=args.folds, seed=args.seed)
+    return _report(metrics, manifest, args)

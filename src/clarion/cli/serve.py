@@ -47,6 +47,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_FORMATS = ("clarion", "hf", "onnx")  # the keys of clarion.export.FORMATS (imported only when exporting)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "export", None, "export a run's model as a self-contained folder",
                     description="Write the model of a run (or of another export, or hf-clap:PATH) to OUT. "
@@ -57,8 +60,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                     "pipeline.")
     p.add_argument("run", type=Path, metavar="RUN", help="run or export directory, or hf-clap:PATH")
     p.add_argument("--out", required=True, type=Path, help="export directory")
-    p.add_argument("--format", default="clarion", choices=["clarion", "hf"], help="default clarion")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="clarion",
+                   help="clarion: the folder above (default); hf: the Hugging Face folder above; onnx: audio.onnx + "
+                   "text.onnx + tokenizer, checked against torch under onnxruntime (needs the 'onnx' extra)")
     p.set_defaults(func=_export)
 
 
@@ -69,6 +74,9 @@ def _export(args: argparse.Namespace) -> int:
     model = load(args.run, device="cpu")
     out = FORMATS[args.format](model, args.out, args.overwrite)
     print(f"exported {args.run} to {out} as {args.format} (fingerprint {model.fingerprint[:12]})")
+    if args.format == "onnx":
+        parity = json.loads((out / "onnx.json").read_text())["parity_max_abs"]
+        print(f"audio.onnx, text.onnx: max |onnxruntime - torch| {max(parity.values()):.2g}")
     return 0
 
 

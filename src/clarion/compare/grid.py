@@ -10,8 +10,10 @@ A grid file (paths relative to the file)::
     objectives:
       - {label: infonce, name: infonce}
       - {label: mltm_partial, name: mltm, options: {partial_mass: {0.0: 0.95, 0.4: 0.6}}}
+      - {label: infonce+augment, name: infonce, overrides: [augment.mixup_alpha=0.5]}
 
-An option whose value is a mapping from noise ratios to values takes, in each cell, the value of
+An entry's own ``overrides`` apply after the grid's, to that entry's cells only (a variant of the
+recipe, such as augmentation, compared like an objective). An option whose value is a mapping from noise ratios to values takes, in each cell, the value of
 that cell's ratio (above: partial OT keeps mass 1 − p). ``label`` defaults to ``name``.
 """
 
@@ -52,6 +54,7 @@ class ObjectiveSpec:
     label: str
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # config overrides of this entry's cells, after the grid's
 
     def options_at(self, noise: float) -> dict[str, Any]:
         """The options of a cell with noise ratio ``noise`` (noise-keyed mappings resolved)."""
@@ -97,6 +100,7 @@ class Grid:
         options = cell.objective.options_at(cell.noise)
         return [
             *self.overrides,
+            *cell.objective.overrides,
             f"objective.name={cell.objective.name}",
             f"objective.options={yaml.safe_dump(options, default_flow_style=True).strip()}",
             f"train.seed={cell.seed}",
@@ -112,10 +116,14 @@ def parse_objectives(raw: Any) -> list[ObjectiveSpec]:
         item = {"name": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(f"grid: each objective needs a 'name', got {item!r}")
-        unknown = set(item) - {"label", "name", "options"}
+        unknown = set(item) - {"label", "name", "options", "overrides"}
         if unknown:
             raise ConfigError(f"grid: unknown objective key(s) {sorted(unknown)}")
-        specs.append(ObjectiveSpec(str(item.get("label", item["name"])), str(item["name"]), dict(item.get("options") or {})))
+        overrides = item.get("overrides") or []
+        if not isinstance(overrides, list):
+            raise ConfigError(f"grid: objective {item['name']}: 'overrides' must be a list of key=value, got {overrides!r}")
+        specs.append(ObjectiveSpec(str(item.get("label", item["name"])), str(item["name"]), dict(item.get("options") or {}),
+                                   tuple(str(o) for o in overrides)))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"grid: objective labels must be unique, got {labels}")

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..audio import AudioError, ClipCache, fit_length, read_audio
-from ..config import OnBadSample
+from ..audio.augment import augment_wave
+from ..config import AugmentConfig, OnBadSample
 from .records import BadRow, BadSampleError, Manifest
 
 logger = logging.getLogger("clarion.data")
@@ -74,7 +75,9 @@ class AudioTextDataset(torch.utils.data.Dataset):
     with ``n_samples = round(clip_seconds * sample_rate)``, or ``{"bad": (path, reason),
     "index": i}`` for an undecodable clip under "skip". In training the crop offset comes
     from ``np.random.default_rng([seed, epoch, i])``, so it depends neither on the number
-    of workers nor on resuming; in evaluation the crop starts at 0.
+    of workers nor on resuming; in evaluation the crop starts at 0. With ``augment`` (training
+    only), the cropped clip then gets a random gain and a circular time shift
+    (:mod:`clarion.audio.augment`) drawn from ``np.random.default_rng([seed, epoch, i, 1])``.
 
     With a cache, its sample rate and ``max_seconds`` apply. :meth:`set_epoch` must be
     called before the DataLoader iterator of the epoch is created (workers hold a copy),
@@ -91,10 +94,13 @@ class AudioTextDataset(torch.utils.data.Dataset):
         on_bad_sample: OnBadSample = "skip",
         seed: int = 0,
         max_seconds: float | None = None,
+        augment: AugmentConfig | None = None,
     ):
         self.manifest = manifest
         self.train = train
         self.seed = seed
+        self.gain_db = augment.gain_db if augment is not None and train else 0.0
+        self.shift_samples = round(augment.shift_seconds * sample_rate) if augment is not None and train else 0
         self.epoch = 0
         self.audio_ids = manifest.audio_ids
         self._loader = _ClipLoader(manifest, sample_rate, clip_seconds, cache, on_bad_sample, max_seconds)
@@ -111,6 +117,8 @@ class AudioTextDataset(torch.utils.data.Dataset):
         audio = self._loader.load(row.audio, row.line, rng)
         if isinstance(audio, tuple):
             return {"bad": audio, "index": i}
+        if self.gain_db > 0 or self.shift_samples > 0:
+            audio = augment_wave(audio, self.gain_db, self.shift_samples, np.random.default_rng([self.seed, self.epoch, i, 1]))
         return {"audio": audio, "caption": row.caption, "audio_id": int(self.audio_ids[i]), "index": i}
 
 

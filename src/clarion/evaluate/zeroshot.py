@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -189,27 +190,36 @@ def _few(items: Sequence[object], k: int = 5) -> str:
     return text + (f" and {len(items) - k} more" if len(items) > k else "")
 
 
-def evaluate_zeroshot(
+@dataclass
+class LabelledClips:
+    """The embedded, labelled clips of a manifest: ``audio`` [n, d] unit-norm embeddings,
+    ``targets`` [n] indices into ``labels``, ``folds`` (n fold names, or None), and the counts of
+    what was left out (``unlabelled``, ``undecodable``)."""
+
+    audio: torch.Tensor
+    targets: torch.Tensor
+    labels: list[str]
+    folds: list[str] | None
+    unlabelled: int
+    undecodable: int
+
+
+def embed_labelled_clips(
     model: DualEncoder,
     manifest: Manifest,
     cfg: Config,
     device: torch.device,
     cache: ClipCache | None = None,
-    prompts: Sequence[str] = (DEFAULT_PROMPT,),
     labels: Sequence[str] | None = None,
-) -> dict:
-    """Zero-shot classification of the clips of ``manifest`` by their ``label`` column.
-
-    Classes are ``labels`` in the order given, or the sorted distinct labels of the manifest.
-    Each distinct clip is embedded once; its label (and fold) is that of its first row. Clips
-    without a label and clips that fail to decode are skipped, counted and logged; a label that
-    is not in ``labels`` is an error. Returns :func:`zeroshot_metrics` plus ``prompts``,
-    ``skipped`` (all clips left out) and ``counts``.
-    """
-    prompts = check_prompts(prompts)
+) -> LabelledClips:
+    """Embed each distinct labelled clip of ``manifest`` once; its label (and fold) is that of
+    its first row. Classes are ``labels`` in the order given, or the sorted distinct labels of the
+    manifest. Clips without a label and clips that fail to decode are skipped, counted and logged;
+    a label that is not in ``labels``, or a labelled clip without a fold when others have one, is
+    an error."""
     clip_labels = manifest.labels
     if all(label is None for label in clip_labels):
-        raise ValueError(f"{manifest.path} has no labels: zero-shot classification needs a 'label' column")
+        raise ValueError(f"{manifest.path} has no labels: classification needs a 'label' column")
     clip_folds = manifest.folds
     unlabelled = [clip for clip, label in zip(manifest.clips, clip_labels) if label is None]
     if unlabelled:
@@ -238,22 +248,47 @@ def evaluate_zeroshot(
 
     audio, clip_index, bad = embed_clips(model, subset, cfg, device, cache)
     if bad:
-        log.warning("%d clip(s) of %s could not be decoded and were left out of zero-shot evaluation",
-                    len(bad), manifest.path)
-    text = class_embeddings(
-        lambda captions: embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp), labels, prompts
-    )
-
+        log.warning("%d clip(s) of %s could not be decoded and were left out", len(bad), manifest.path)
     sub_labels = [clip_labels[i] for i in keep]
     targets = torch.tensor([class_index[sub_labels[j]] for j in clip_index.tolist()], dtype=torch.long)
     folds = [sub_folds[j] for j in clip_index.tolist()] if has_folds else None
-    metrics = zeroshot_metrics(audio, text, targets, labels, folds)
+    return LabelledClips(audio, targets, list(labels), folds, len(unlabelled), len(bad))
+
+
+def evaluate_zeroshot(
+    model: DualEncoder,
+    manifest: Manifest,
+    cfg: Config,
+    device: torch.device,
+    cache: ClipCache | None = None,
+    prompts: Sequence[str] = (DEFAULT_PROMPT,),
+    labels: Sequence[str] | None = None,
+) -> dict:
+    """Zero-shot classification of the clips of ``manifest`` by their ``label`` column.
+
+    The clips are those of :func:`embed_labelled_clips` (classes: ``labels``, or the manifest's
+    sorted labels). Returns :func:`zeroshot_metrics` plus ``prompts``, ``skipped`` (all clips
+    left out) and ``counts``.
+    """
+    prompts = check_prompts(prompts)
+    clips = embed_labelled_clips(model, manifest, cfg, device, cache, labels)
+    text = class_text_embeddings(model, cfg, device, clips.labels, prompts)
+    metrics = zeroshot_metrics(clips.audio, text, clips.targets, clips.labels, clips.folds)
     metrics["prompts"] = prompts
-    metrics["skipped"] = len(unlabelled) + len(bad)
+    metrics["skipped"] = clips.unlabelled + clips.undecodable
     metrics["counts"] = {
-        "clips": len(clip_index),
-        "classes": len(labels),
-        "unlabelled_clips": len(unlabelled),
-        "undecodable_clips": len(bad),
+        "clips": len(clips.targets),
+        "classes": len(clips.labels),
+        "unlabelled_clips": clips.unlabelled,
+        "undecodable_clips": clips.undecodable,
     }
     return metrics
+
+
+def class_text_embeddings(
+    model: DualEncoder, cfg: Config, device: torch.device, labels: Sequence[str], prompts: Sequence[str]
+) -> torch.Tensor:
+    """:func:`class_embeddings` of ``labels`` with the model's text tower."""
+    return class_embeddings(
+        lambda captions: embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp), labels, prompts
+    )

@@ -210,6 +210,24 @@ def load_model_config(path: str | Path | None = None, overrides: list[str] | tup
     return resolve_pretrained(resolve_sample_rate(cfg, "audio.sample_rate" in given), given)
 
 
+def _configure_spec_augment(audio: nn.Module, cfg: Config) -> None:
+    """Set the tower's :class:`~clarion.audio.augment.SpecAugment` from ``augment.*`` (active in
+    training mode only); a tower without one (``hf``: its log-mel is computed by the Hugging Face
+    feature extractor outside the module) cannot take masks."""
+    a = cfg.augment
+    spec = getattr(audio, "spec_augment", None)
+    if spec is None:
+        if a.spec_augment:
+            raise ConfigError(
+                f"augment.time_masks / augment.freq_masks (SpecAugment) are not supported by "
+                f"model.audio_encoder={cfg.model.audio_encoder} (it has no log-mel inside the module); "
+                "use them with cnn or panns-*, or use augment.gain_db / shift_seconds / mixup_alpha"
+            )
+        return
+    spec.time_masks, spec.time_width = a.time_masks, a.time_mask_frames
+    spec.freq_masks, spec.freq_width = a.freq_masks, a.freq_mask_bins
+
+
 def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = None) -> DualEncoder:
     """The dual encoder of ``cfg``. ``saved``: a run directory whose ``audio_encoder/`` and
     ``text_encoder/`` folders rebuild pretrained towers without their original files (no
@@ -231,6 +249,7 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
             f"but audio.sample_rate={cfg.audio.sample_rate}: set audio.sample_rate={rate} (load_model_config does this "
             "when audio.sample_rate is not given)"
         )
+    _configure_spec_augment(audio, cfg)
     heads = {}
     for side, tower, name in (("audio", audio, m.audio_encoder), ("text", text, m.text_encoder)):
         take = getattr(tower, "projection_head", None)

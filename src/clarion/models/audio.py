@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import AudioConfig
 from ..audio import LogMel
+from ..audio.augment import SpecAugment
 
 
 class ConvBlock(nn.Module):
@@ -37,7 +38,7 @@ class ConvBlock(nn.Module):
 
 class CnnAudioEncoder(nn.Module):
     """log-mel [B, M, T] → per-mel BatchNorm → stem (5×5 conv to ``channels[0]``, stride 2, then
-    2×2 pool: [B, c₀, M/4, T/4]) → one ConvBlock per further width → mean over frequency
+    2×2 pool: [B, c₀, M/4, T/4]; SpecAugment masks on the normalised log-mel in training when configured) → one ConvBlock per further width → mean over frequency
     → max + mean over time → [B, channels[-1]]."""
 
     def __init__(self, audio: AudioConfig, channels: list[int], dropout: float = 0.1):
@@ -46,6 +47,7 @@ class CnnAudioEncoder(nn.Module):
             raise ValueError("audio_channels must list at least one block width")
         self.mel = LogMel(audio.sample_rate, audio.n_fft, audio.hop_length, audio.n_mels, audio.f_min, audio.f_max)
         self.mel_norm = nn.BatchNorm1d(audio.n_mels)
+        self.spec_augment = SpecAugment(freq_axis=-2, time_axis=-1)  # training only; off unless augment.* sets masks
         self.stem = nn.Sequential(
             nn.Conv2d(1, channels[0], 5, stride=2, padding=2, bias=False),
             nn.BatchNorm2d(channels[0]),
@@ -59,7 +61,7 @@ class CnnAudioEncoder(nn.Module):
         self.front_end = f"LogMel from audio.* ({audio.sample_rate} Hz, n_fft {audio.n_fft}, hop {audio.hop_length}, {audio.n_mels} mel)"
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        x = self.mel_norm(self.mel(wave))  # [B, M, T]
+        x = self.spec_augment(self.mel_norm(self.mel(wave)))  # [B, M, T]
         x = self.blocks(self.stem(x[:, None]))  # [B, C, M', T']
         x = x.mean(2)  # [B, C, T']
         return self.dropout(x.amax(2) + x.mean(2))

@@ -15,8 +15,9 @@ keys (``bn0.*``, ``conv_block1.conv1.weight``, ``resnet.layer2.0.downsample.1.we
 (``spectrogram_extractor.stft.conv_real.weight``, ``…conv_imag.weight``, ``logmel_extractor.melW``):
 they are accepted when their shapes fit this front end, and otherwise ignored, since the front end
 is recomputed from the fixed parameters above (a checkpoint of another front end, such as the
-16 kHz models, fails the shape check). SpecAugment and mixup, which the official training
-applied, are not applied here.
+16 kHz models, fails the shape check). SpecAugment masks the normalised log-mel (after ``bn0``, as
+the official training did) when ``augment.time_masks`` / ``freq_masks`` are set; mixup is applied
+by the trainer to the waveform batch (``augment.mixup_alpha``), not to the log-mel.
 
 ``width`` scales every channel count (64 is the official size: blocks 64…2048); other widths
 exist for tests and small experiments and cannot load an official checkpoint.
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..audio.augment import SpecAugment
 
 SAMPLE_RATE = 32000
 WINDOW = 1024
@@ -231,6 +234,7 @@ class PannsEncoder(nn.Module):
         self.front_end = FRONT_END.replace(f"{SAMPLE_RATE} Hz", f"{sample_rate} Hz")
         self.logmel = PannsLogMel(sample_rate)
         self.bn0 = nn.BatchNorm2d(MEL_BINS)
+        self.spec_augment = SpecAugment(freq_axis=-1, time_axis=-2)  # training only; off unless augment.* sets masks
         self.output_dim = 32 * width
         self.fc1 = nn.Linear(self.output_dim, self.output_dim)
         self.fc_audioset = nn.Linear(self.output_dim, AUDIOSET_CLASSES)
@@ -245,6 +249,7 @@ class PannsEncoder(nn.Module):
     def _pooled(self, wave: torch.Tensor) -> torch.Tensor:
         x = self.logmel(wave)  # [B, 1, T, M]
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # BatchNorm over mel bins
+        x = self.spec_augment(x)
         x = self.features(x).mean(3)  # [B, C, T']
         x = x.amax(2) + x.mean(2)
         x = F.dropout(x, p=0.5, training=self.training)

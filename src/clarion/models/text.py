@@ -86,7 +86,10 @@ class TransformerTextEncoder(nn.Module):
 
     def forward(self, captions: list[str]) -> torch.Tensor:
         device = self.position_embedding.device
-        ids, mask = (x.to(device) for x in self.tokenize(captions))
+        return self.encode(*(x.to(device) for x in self.tokenize(captions)))
+
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] and mask [B, L] (True on real tokens; :meth:`tokenize`) → feature [B, width]."""
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]
         x = self.norm(self.transformer(x, src_key_padding_mask=~mask))
         if self.pooling == "cls":

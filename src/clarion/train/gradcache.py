@@ -11,8 +11,9 @@ the activation memory of ``train.chunk_size`` rows.
 
 This is exact when step 3 reproduces step 1's embeddings: each chunk re-runs from the RNG
 states it started from in step 1 (torch CPU and CUDA: dropout; numpy and python: random crops a
-feature extractor may draw), and the model's buffers are restored after step 1, so BatchNorm
-running statistics are updated once per chunk (in step 3), not twice.
+feature extractor may draw; generators held by modules, such as SpecAugment's), and the model's
+buffers are restored after step 1, so BatchNorm running statistics are updated once per chunk
+(in step 3), not twice.
 
 **Limitation:** BatchNorm in train mode normalises by the statistics of the *chunk* (in both
 passes), so with BatchNorm the gradient is that of per-chunk statistics, not the full-batch
@@ -74,11 +75,13 @@ class GradCache:
         size, extra = divmod(len(wave), n)
         starts = [k * size + min(k, extra) for k in range(n + 1)]
         self.chunks = [(wave[i:j], captions[i:j]) for i, j in zip(starts, starts[1:])]
+        # generators held by modules (SpecAugment's), replayed per chunk like the global RNGs
+        self.generators = [m.generator for m in self.model.modules() if isinstance(getattr(m, "generator", None), torch.Generator)]
         self.states, outputs = [], []
         buffers = [(b, b.clone()) for b in self.model.buffers()]
         with torch.no_grad():
             for chunk_wave, chunk_captions in self.chunks:
-                self.states.append(rng_state(self.device))
+                self.states.append((rng_state(self.device), [g.get_state() for g in self.generators]))
                 with self.context():
                     outputs.append(self.model(chunk_wave, chunk_captions))
         for buffer, saved in buffers:  # step 1 leaves no trace in BatchNorm statistics
@@ -91,10 +94,10 @@ class GradCache:
         """After the loss's backward filled ``a.grad`` and ``t.grad``: accumulate the parameters'
         gradients chunk by chunk (each chunk's graph freed before the next)."""
         grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in (self.a, self.t)]
-        after = rng_state(self.device)
+        after = rng_state(self.device), [g.get_state() for g in self.generators]
         start = 0
         for k, ((chunk_wave, chunk_captions), state) in enumerate(zip(self.chunks, self.states)):
-            set_rng_state(state, self.device)
+            self._restore(state)
             last = k == len(self.chunks) - 1
             with nullcontext() if last else Dist.no_sync(self.forward):
                 with self.context():
@@ -102,4 +105,9 @@ class GradCache:
                 end = start + len(chunk_wave)
                 torch.autograd.backward([a, t], [g[start:end] for g in grads])
             start = end
-        set_rng_state(after, self.device)
+        self._restore(after)
+
+    def _restore(self, state: tuple[tuple[Any, ...], list[torch.Tensor]]) -> None:
+        set_rng_state(state[0], self.device)
+        for generator, saved in zip(self.generators, state[1]):
+            generator.set_state(saved)

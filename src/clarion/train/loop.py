@@ -2,7 +2,8 @@
 backpropagates the loss and logs whatever diagnostics come back.
 
 Reproducibility: the epoch's batch order comes from ``(seed, epoch)``, each item's random
-crop from ``(seed, epoch, index)`` and dropout from the global torch RNG, which checkpoints
+crop (and gain and shift) from ``(seed, epoch, index)``, mixup and SpecAugment masks from
+``(seed, step, rank)`` (:mod:`.augment`) and dropout from the global torch RNG, which checkpoints
 save. Resuming at step k of an epoch skips the first k batches of the same order, so a run
 killed anywhere and resumed ends where the uninterrupted run ends. Training on webdataset
 shards streams them instead (:class:`~clarion.data.shards.stream.ShardStream`, same guarantee while
@@ -63,6 +64,7 @@ from ..objectives import Objective, diagnostics_as_floats
 from ..rundir import OBJECTIVE_PREFIX, RunError, build_run_objective, load_run_config, load_tokenizer, model_state, save_model
 from ..runtime import precision_autocast, resolve_precision
 from ..version import __version__
+from .augment import BatchAugment
 from .checkpoint import TrainingState, find_checkpoint, restore_checkpoint, save_checkpoint
 from .distributed import Dist, setup
 from .embedding import BatchEmbedder
@@ -117,6 +119,7 @@ class Trainer:
                 on_bad_sample=self.cfg.data.on_bad_sample,
                 seed=self.cfg.train.seed,
                 max_seconds=self.cfg.audio.max_seconds,
+                augment=self.cfg.augment,
             )
         self.state = TrainingState(epoch=0, step=0, step_in_epoch=0, best_score=-1.0, best_epoch=-1)
         self.skipped_samples = 0
@@ -127,6 +130,7 @@ class Trainer:
         self.embedder = BatchEmbedder(self.model, self.forward, self.dist, self.device, c.chunk_size,
                                       lambda: precision_autocast(self.device, self.precision))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.augment = BatchAugment(self.cfg.augment, self.model, c.seed, self.dist.rank)  # mixup, SpecAugment seeds
         self.buffers = [b for m in (self.model, self.objective) for b in m.buffers()]  # restored if a step is skipped
         self.guard = NonFiniteGuard(self.optimizer, lambda: self.state, self.describe_rows, c.max_nonfinite_steps, self.run)
         self.collapse = CollapseMonitor(c.collapse_max_cos, c.collapse_min_rank, c.collapse_patience, c.warmup_steps)
@@ -193,6 +197,7 @@ class Trainer:
         self.model.train()
         self.objective.train()
         step = self.state.step + 1
+        batch = self.augment(batch, step)
         with self.guard.step(self.buffers) as guard:  # a NaN/Inf loss or gradient undoes the step
             emb = self.embedder.embed(batch, sizes)  # the global batch (GradCache, all-gather)
             guard.rows = emb.index

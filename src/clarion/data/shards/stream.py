@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ...audio import AudioError, decode_audio, fit_length
+from ...audio.augment import augment_wave
 from ...config import OnBadSample
 from ..loaders import collate
 from ..records import BadSampleError
@@ -90,6 +91,8 @@ class ShardStream:
         on_bad_sample: OnBadSample = "skip",
         max_seconds: float | None = None,
         rank_rows: tuple[int, int] | None = None,
+        gain_db: float = 0.0,
+        shift_seconds: float = 0.0,
     ):
         if batch_size < 1 or shuffle_buffer < 0 or num_workers < 0:
             raise ValueError("batch_size must be >= 1, shuffle_buffer and num_workers >= 0")
@@ -104,6 +107,8 @@ class ShardStream:
         self.shuffle_buffer = shuffle_buffer
         self.on_bad_sample = on_bad_sample
         self.max_seconds = max_seconds
+        self.gain_db = gain_db  # training augmentation (augment.*), drawn from (seed, epoch, sample, 1)
+        self.shift_samples = round(shift_seconds * sample_rate)
         # under torchrun: this process decodes and yields rows [lo, hi) of every global batch
         self.rank_rows = rank_rows or (0, batch_size)
         if self.num_batches(0) == 0:
@@ -205,6 +210,8 @@ class ShardEpoch(IterableDataset):
         rng = np.random.default_rng([s.seed, self.epoch, record.number])
         caption = meta["text"][int(rng.integers(len(meta["text"])))]
         audio = fit_length(wave, s.n_samples, rng)
+        if s.gain_db > 0 or s.shift_samples > 0:
+            audio = augment_wave(audio, s.gain_db, s.shift_samples, np.random.default_rng([s.seed, self.epoch, record.number, 1]))
         return {"audio": audio, "caption": caption, "audio_id": record.number, "index": record.number}
 
 
@@ -229,4 +236,5 @@ def stream_for(cfg, rank_rows: tuple[int, int] | None = None) -> ShardStream | N
     return ShardStream(
         open_shards(d.train), cfg.audio.sample_rate, cfg.audio.clip_seconds, cfg.train.batch_size, cfg.train.seed,
         d.num_workers, d.shuffle_buffer, d.on_bad_sample, cfg.audio.max_seconds, rank_rows,
+        cfg.augment.gain_db, cfg.augment.shift_seconds,
     )
