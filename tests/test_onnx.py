@@ -64,7 +64,7 @@ def test_default_towers_export_with_dynamic_batch_and_length(tmp_path, capsys):
     run = _run(tmp_path)
     out = tmp_path / "onnx"
     assert main(["export", str(run), "--out", str(out), "--format", "onnx"]) == 0
-    assert "as ONNX" in capsys.readouterr().out
+    assert "as onnx" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"audio.onnx", "text.onnx", "tokenizer.json", "onnx.json", "config.yaml"}
     meta = json.loads((out / "onnx.json").read_text())
     assert meta["audio_encoder"] == "cnn" and meta["text_encoder"] == "transformer"
