@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 from data_fixtures import sine, write_empty_wav, write_junk, write_nan_wav, write_sine
 
-from clarion.audio import AudioError, ClipCache, LogMel, fit_length, read_audio
+from clarion.audio import AudioError, ClipCache, LogMel, WindowPlan, fit_length, pad_to, read_audio, wave_windows
 
 SR = 16000
 
@@ -95,6 +95,37 @@ def test_fit_length_pads_with_zeros_at_end():
     out = fit_length(wave, 8, None)
     np.testing.assert_array_equal(out, [1, 2, 3, 4, 5, 0, 0, 0])
     assert out.dtype == np.float32
+
+
+def test_repeat_pad_tiles_the_whole_clip_then_zeros():
+    x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    assert pad_to(x, 8, "repeat").tolist() == [1, 2, 3, 1, 2, 3, 0, 0]
+    assert pad_to(x, 8, "zeros").tolist() == [1, 2, 3, 0, 0, 0, 0, 0]
+    assert pad_to(x, 3, "repeat").tolist() == [1, 2, 3]
+    assert pad_to(x, 5, "repeat").tolist() == [1, 2, 3, 0, 0]  # fewer than two copies fit: zeros, as repeatpad does
+    assert fit_length(x, 7, None, "repeat").tolist() == [1, 2, 3, 1, 2, 3, 0]
+    with pytest.raises(ValueError, match="pad must be"):
+        pad_to(x, 8, "reflect")
+
+
+def test_repeat_pad_equals_hugging_faces_repeatpad():
+    """The waveform ClapFeatureExtractor builds from a short clip (padding="repeatpad") before its
+    log-mel, written out from its documented rule: tile ⌊max/n⌋ times, then zero-pad."""
+    rng = np.random.default_rng(0)
+    for n, total in ((7, 64), (10, 64), (33, 64), (64, 64)):
+        x = rng.standard_normal(n).astype(np.float32)
+        expected = np.zeros(total, dtype=np.float32)
+        copies = total // n
+        expected[: copies * n] = np.concatenate([x] * copies)
+        np.testing.assert_array_equal(pad_to(x, total, "repeat"), expected)
+
+
+def test_windows_past_the_end_follow_the_pad_mode():
+    x = np.arange(1, 6, dtype=np.float32)  # 5 samples, windows of 4 every 4
+    zeros = [w.tolist() for _, w in wave_windows(x, WindowPlan(4, 4))]
+    repeat = [w.tolist() for _, w in wave_windows(x, WindowPlan(4, 4, "repeat"))]
+    assert zeros == [[1, 2, 3, 4], [5, 0, 0, 0]]
+    assert repeat == [[1, 2, 3, 4], [5, 5, 5, 5]]
 
 
 def test_fit_length_exact_length_is_unchanged():

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from clarion.api import load
 from clarion.config import ConfigError
 from clarion.models import build_model, load_model_config, train_tokenizer
 from clarion.rundir import RunError, build_run_objective, load_model, save_model
@@ -111,6 +112,22 @@ def test_step0_embeddings_equal_clap_features(clap_dir):
     for side in ("audio", "text"):
         for k, v in getattr(ref, f"{side}_projection").state_dict().items():
             assert torch.equal(state[f"{side}_projection.{k}"], v)
+
+
+def test_short_clips_through_clarion_load_equal_clap_features(clap_dir):
+    """A clip shorter than the window, given to clarion whole (clarion.load pads it to
+    audio.clip_seconds before the extractor sees it): audio.pad follows the extractor's
+    repeatpad, so the embedding is transformers' on the unpadded clip."""
+    model = load(f"hf-clap:{clap_dir}", device="cpu")
+    assert model.cfg.audio.pad == "repeat"
+    ref, processor = reference(clap_dir)
+    batch = waves(2, WINDOW // 3 + 17, seed=11)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(hf_audio(ref, processor, batch, [False] * 2), dim=-1)
+    torch.testing.assert_close(model.embed_audio(batch), want, atol=1e-5, rtol=0)
+    zero_padded = load(f"hf-clap:{clap_dir}", device="cpu")
+    zero_padded.cfg.audio.pad = "zeros"  # what clarion did before audio.pad: a different embedding
+    assert (zero_padded.embed_audio(batch) - want).abs().max() > 1e-3
 
 
 def test_long_clip_embedding_is_deterministic(clap_dir):

@@ -196,9 +196,12 @@ class ClarionModel:
         """sha256 of what determines the embeddings: the model's weights (names, dtypes, shapes,
         bytes), the audio and model config and the tokenizer. A run and its export share it.
         The long-input settings (:data:`LONG_KEYS`) are left out: they say how a file is read,
+        and so is ``audio.pad`` at its default ``zeros`` (fingerprints from before the key existed hold),
         and an index records them itself."""
         digest = hashlib.sha256()
         audio = {k: v for k, v in self.cfg.to_dict()["audio"].items() if k not in LONG_KEYS}
+        if audio.get("pad") == "zeros":
+            del audio["pad"]
         settings = {"audio": audio, "model": self.cfg.to_dict()["model"]}
         digest.update(json.dumps(settings, sort_keys=True).encode())
         digest.update(self.tokenizer.to_str().encode())
@@ -222,7 +225,7 @@ class ClarionModel:
             wave = read_audio(audio, self.sample_rate, max_seconds)
         else:
             wave = self._resample(audio, sample_rate)
-        return fit_length(wave, self.clip_samples, None)
+        return fit_length(wave, self.clip_samples, None, self.cfg.audio.pad)
 
     def _resample(self, wave: np.ndarray | torch.Tensor, rate: int | None, cap: bool = True) -> np.ndarray:
         """What :func:`clarion.audio.decode_audio` does to decoded samples (soxr "HQ", cap unless ``cap=False``)."""

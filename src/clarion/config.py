@@ -46,6 +46,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 LiveLogger = Literal["tensorboard", "wandb"]  # train.log_to: where step and epoch records also go
 LongAudio = Literal["first", "windows"]  # inference on a long file: its first clip_seconds | every window, pooled
 WindowPool = Literal["mean", "max"]  # how window embeddings become one clip embedding
+# a clip shorter than its window: zeros (pad at the end) | repeat (tile it whole, then zeros: LAION-CLAP's repeatpad)
+PadMode = Literal["zeros", "repeat"]
 
 
 def choices(kind: Any) -> tuple[str, ...]:
@@ -93,6 +95,8 @@ class AudioConfig:
     f_max: float | None = ranged(_optional(_positive), "positive or null", default=None)
     # decode cap: longer files are read up to this length
     max_seconds: float | None = ranged(_optional(_positive), "positive seconds or null (no cap)", default=600.0)
+    # how a clip (or window) shorter than clip_seconds is filled; hf-clap: follows its feature extractor
+    pad: PadMode = "zeros"
     # inference only (evaluation, clarion.load, embed, index build); training always crops clip_seconds.
     # first: the first clip_seconds, zero-padded; windows: the whole file (streamed, max_seconds does not
     # apply) cut into windows, each embedded, pooled into one embedding (clarion.audio.windows)

@@ -140,12 +140,12 @@ def _read_mono(f: sf.SoundFile, limit: int | None, name: str | os.PathLike | Bin
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None) -> np.ndarray:
-    """Crop or zero-pad ``wave`` [n] to exactly [n_samples].
+def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None, pad: str = "zeros") -> np.ndarray:
+    """Crop or pad ``wave`` [n] to exactly [n_samples].
 
     Longer input is cropped at offset ``o ~ U{0, ..., n - n_samples}`` drawn from ``rng``
     (training), or at ``o = 0`` when ``rng is None`` (evaluation, deterministic).
-    Shorter input is padded with zeros at the end.
+    Shorter input is filled by :func:`pad_to`.
     """
     if n_samples <= 0:
         raise ValueError(f"n_samples must be positive, got {n_samples}")
@@ -154,5 +154,19 @@ def fit_length(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None
         offset = 0 if rng is None else int(rng.integers(0, n - n_samples + 1))
         return wave[offset : offset + n_samples]
     if n < n_samples:
-        return np.pad(wave, (0, n_samples - n))
+        return pad_to(wave, n_samples, pad)
     return wave
+
+
+def pad_to(wave: np.ndarray, n_samples: int, pad: str = "zeros") -> np.ndarray:
+    """``wave`` [n], n ≤ n_samples, filled to [n_samples].
+
+    ``zeros``: ``[x, 0, …, 0]``. ``repeat`` (LAION-CLAP's and Hugging Face's ``repeatpad``): the
+    clip tiled ``r = ⌊n_samples / n⌋`` times, then zeros: ``[x, x, …, x, 0, …, 0]``.
+    """
+    n = wave.shape[0]
+    if pad == "repeat" and 0 < n < n_samples:
+        wave = np.tile(wave, n_samples // n)
+    elif pad not in ("zeros", "repeat"):
+        raise ValueError(f"pad must be 'zeros' or 'repeat', got {pad!r}")
+    return np.pad(wave, (0, n_samples - wave.shape[0]))

@@ -29,7 +29,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from .decode import _DECODE_ERRORS, AudioError, _sf_message, check_header, file_problem
+from .decode import _DECODE_ERRORS, AudioError, _sf_message, check_header, file_problem, pad_to
 
 BLOCK_FRAMES = 1 << 18  # frames per read (4 MiB per channel as float32)
 THUMB_BINS = 64  # peaks kept per file for a waveform thumbnail
@@ -37,10 +37,12 @@ THUMB_BINS = 64  # peaks kept per file for a waveform thumbnail
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """Window and hop in samples at the model's rate (both positive)."""
+    """Window and hop in samples at the model's rate (both positive); ``pad``: how a window that
+    runs past the end is filled (:func:`clarion.audio.decode.pad_to`: zeros, or the piece repeated)."""
 
     window: int
     hop: int
+    pad: str = "zeros"
 
     @classmethod
     def from_config(cls, audio) -> WindowPlan:
@@ -48,7 +50,7 @@ class WindowPlan:
         rate = audio.sample_rate
         window = max(1, round((audio.window_seconds or audio.clip_seconds) * rate))
         hop = window if audio.hop_seconds is None else max(1, round(audio.hop_seconds * rate))
-        return cls(window, hop)
+        return cls(window, hop, audio.pad)
 
     def count(self, n: int) -> int:
         """K, the number of windows over ``n`` samples: ``1 + max(0, ceil((n - w) / h))``."""
@@ -59,17 +61,17 @@ class WindowPlan:
         return [k * self.hop for k in range(self.count(n))]
 
 
-def _cut(wave: np.ndarray, start: int, window: int) -> np.ndarray:
+def _cut(wave: np.ndarray, start: int, window: int, pad: str = "zeros") -> np.ndarray:
     piece = wave[start : start + window]
     if piece.shape[0] < window:
-        piece = np.pad(piece, (0, window - piece.shape[0]))
+        piece = pad_to(piece, window, pad)
     return np.ascontiguousarray(piece, dtype=np.float32)
 
 
 def wave_windows(wave: np.ndarray, plan: WindowPlan) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, window [w])`` over an in-memory mono waveform [n] (n >= 1)."""
     for start in plan.starts(wave.shape[0]):
-        yield start, _cut(wave, start, plan.window)
+        yield start, _cut(wave, start, plan.window, plan.pad)
 
 
 def file_windows(
@@ -123,7 +125,7 @@ def _stream(f: sf.SoundFile, sample_rate: int, plan: WindowPlan, name) -> Iterat
         raise AudioError(name, "empty audio (0 samples)")
     # the windows that run past the end (zero-padded): K = plan.count(total) in all
     for start in plan.starts(total)[next_start // plan.hop :]:
-        yield start, _cut(buffer, start - buffer_start, plan.window)
+        yield start, _cut(buffer, start - buffer_start, plan.window, plan.pad)
 
 
 def file_summary(path: str | os.PathLike, bins: int = THUMB_BINS) -> tuple[float, np.ndarray]:

@@ -16,7 +16,7 @@ import torch
 
 from ..audio import AudioError, ClipCache, fit_length, read_audio
 from ..audio.augment import augment_wave
-from ..config import AugmentConfig, OnBadSample
+from ..config import AugmentConfig, OnBadSample, PadMode
 from .records import BadRow, BadSampleError, Manifest
 
 logger = logging.getLogger("clarion.data")
@@ -36,6 +36,7 @@ class _ClipLoader:
         cache: ClipCache | None,
         on_bad_sample: OnBadSample,
         max_seconds: float | None,
+        pad: PadMode = "zeros",
     ):
         if cache is not None and cache.sample_rate != sample_rate:
             raise ValueError(f"cache decodes at {cache.sample_rate} Hz but the dataset needs {sample_rate} Hz")
@@ -49,6 +50,7 @@ class _ClipLoader:
         self.cache = cache
         self.on_bad_sample = on_bad_sample
         self.max_seconds = max_seconds
+        self.pad = pad
         self._warned: set[str] = set()
 
     def load(self, audio: Path, line: int, rng: np.random.Generator | None) -> np.ndarray | tuple[str, str]:
@@ -65,14 +67,14 @@ class _ClipLoader:
                 self._warned.add(e.path)
                 logger.warning("skipping bad clip (%s:%d) %s", self.manifest.path, line, e)
             return str(audio), e.reason
-        return fit_length(wave, self.n_samples, rng)
+        return fit_length(wave, self.n_samples, rng, self.pad)
 
 
 class AudioTextDataset(torch.utils.data.Dataset):
     """One item per manifest row (caption level).
 
     Item i is ``{"audio": float32 [n_samples], "caption": str, "audio_id": int, "index": i}``
-    with ``n_samples = round(clip_seconds * sample_rate)``, or ``{"bad": (path, reason),
+    with ``n_samples = round(clip_seconds * sample_rate)`` (a shorter clip filled as ``pad`` says), or ``{"bad": (path, reason),
     "index": i}`` for an undecodable clip under "skip". In training the crop offset comes
     from ``np.random.default_rng([seed, epoch, i])``, so it depends neither on the number
     of workers nor on resuming; in evaluation the crop starts at 0. With ``augment`` (training
@@ -95,6 +97,7 @@ class AudioTextDataset(torch.utils.data.Dataset):
         seed: int = 0,
         max_seconds: float | None = None,
         augment: AugmentConfig | None = None,
+        pad: PadMode = "zeros",
     ):
         self.manifest = manifest
         self.train = train
@@ -103,7 +106,7 @@ class AudioTextDataset(torch.utils.data.Dataset):
         self.shift_samples = round(augment.shift_seconds * sample_rate) if augment is not None and train else 0
         self.epoch = 0
         self.audio_ids = manifest.audio_ids
-        self._loader = _ClipLoader(manifest, sample_rate, clip_seconds, cache, on_bad_sample, max_seconds)
+        self._loader = _ClipLoader(manifest, sample_rate, clip_seconds, cache, on_bad_sample, max_seconds, pad)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -140,6 +143,7 @@ class ClipDataset(torch.utils.data.Dataset):
         cache: ClipCache | None = None,
         on_bad_sample: OnBadSample = "skip",
         max_seconds: float | None = None,
+        pad: PadMode = "zeros",
     ):
         self.manifest = manifest
         self.clips = manifest.clips
@@ -147,7 +151,7 @@ class ClipDataset(torch.utils.data.Dataset):
         for row in manifest.rows:
             first_line.setdefault(row.audio, row.line)
         self._lines = [first_line[clip] for clip in self.clips]
-        self._loader = _ClipLoader(manifest, sample_rate, clip_seconds, cache, on_bad_sample, max_seconds)
+        self._loader = _ClipLoader(manifest, sample_rate, clip_seconds, cache, on_bad_sample, max_seconds, pad)
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -34,7 +34,8 @@ def embed_clips(
     if cfg.audio.long == "windows":
         return embed_clip_windows(model, manifest, cfg, device)
     dataset = ClipDataset(
-        manifest, cfg.audio.sample_rate, cfg.audio.clip_seconds, cache, cfg.data.on_bad_sample, cfg.audio.max_seconds
+        manifest, cfg.audio.sample_rate, cfg.audio.clip_seconds, cache, cfg.data.on_bad_sample, cfg.audio.max_seconds,
+        cfg.audio.pad,
     )
     loader = DataLoader(
         dataset, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, collate_fn=collate

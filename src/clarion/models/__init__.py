@@ -174,6 +174,8 @@ def resolve_pretrained(cfg: Config, given: frozenset[str]) -> Config:
 
     - ``model.embed_dim`` = CLAP's ``projection_dim`` (its heads output that width),
     - ``audio.clip_seconds`` = the model window (``max_length_s``; hf-clap audio tower only),
+    - ``audio.pad`` = the extractor's fill of a short clip (``repeatpad`` → ``repeat``), so a clip
+      shorter than the window reaches the extractor as the extractor alone would fill it,
     - ``model.max_tokens`` = the text positions (``max_position_embeddings − 2``; text tower only,
       not an error when given: a shorter cap is a choice),
     - ``objective.options.init_temperature`` = ``1/exp(logit_scale_a)`` for objectives that take it
@@ -189,6 +191,8 @@ def resolve_pretrained(cfg: Config, given: frozenset[str]) -> Config:
     _follow(cfg, given, "model.embed_dim", settings["projection_dim"], f"{why} (its projection_dim)")
     if m.audio_encoder == CLAP and "window_seconds" in settings and "audio.clip_seconds" not in given:
         cfg.audio.clip_seconds = settings["window_seconds"]
+    if m.audio_encoder == CLAP and "pad" in settings and "audio.pad" not in given:
+        cfg.audio.pad = settings["pad"]
     if m.text_encoder == CLAP and "max_tokens" in settings and "model.max_tokens" not in given:
         m.max_tokens = settings["max_tokens"]
     options = cfg.objective.options

@@ -16,6 +16,8 @@ Audio front end (the CLAP feature extractor, on the CPU), per clip of n samples,
 ``W = nb_max_samples`` the model window (10 s at 48 kHz for LAION's checkpoints):
 
 - n ≤ W: the extractor pads (``repeatpad`` for LAION) and computes the log-mel; nothing random.
+  clarion's pipeline has already filled the clip to ``audio.clip_seconds`` by then, the same way
+  (``audio.pad`` follows the extractor's ``padding``: :func:`clap_settings`).
   A fused model gets the four identical channels with ``is_longer = False``. (The HF extractor
   flips one clip of a batch with no long clip to ``is_longer = True`` at random, a training
   device of LAION's; clarion never does: a clip's embedding never depends on its batch-mates.)
@@ -100,6 +102,7 @@ def _read_json(name: str, filename: str) -> dict[str, Any] | None:
 def clap_settings(name: str) -> dict[str, Any] | None:
     """What the config resolution needs from a CLAP folder, read from its JSON files without
     transformers: ``projection_dim``, ``sample_rate``, ``window_seconds`` (the model window),
+    ``pad`` (how its extractor fills a short clip: ``repeatpad`` → ``repeat``, ``pad`` → ``zeros``),
     ``max_tokens`` (text positions: ``max_position_embeddings − 2``, RoBERTa's offset).
     None when the folder (or its ``config.json``) cannot be found here; :class:`ConfigError` when
     it holds another kind of model."""
@@ -121,6 +124,8 @@ def clap_settings(name: str) -> dict[str, Any] | None:
         settings["sample_rate"] = int(pre["sampling_rate"])
         if isinstance(pre.get("max_length_s"), (int, float)):
             settings["window_seconds"] = float(pre["max_length_s"])
+    if pre.get("padding") in ("repeatpad", "pad"):  # the extractor's own fill of a short clip
+        settings["pad"] = "repeat" if pre["padding"] == "repeatpad" else "zeros"
     return settings
 
 

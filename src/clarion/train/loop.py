@@ -120,6 +120,7 @@ class Trainer:
                 seed=self.cfg.train.seed,
                 max_seconds=self.cfg.audio.max_seconds,
                 augment=self.cfg.augment,
+                pad=self.cfg.audio.pad,
             )
         self.state = TrainingState(epoch=0, step=0, step_in_epoch=0, best_score=-1.0, best_epoch=-1)
         self.skipped_samples = 0

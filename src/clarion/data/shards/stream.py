@@ -93,12 +93,14 @@ class ShardStream:
         rank_rows: tuple[int, int] | None = None,
         gain_db: float = 0.0,
         shift_seconds: float = 0.0,
+        pad: str = "zeros",
     ):
         if batch_size < 1 or shuffle_buffer < 0 or num_workers < 0:
             raise ValueError("batch_size must be >= 1, shuffle_buffer and num_workers >= 0")
         self.index = index
         self.sample_rate = sample_rate
         self.n_samples = round(clip_seconds * sample_rate)
+        self.pad = pad
         if self.n_samples <= 0:
             raise ValueError(f"clip_seconds must give at least one sample, got {clip_seconds}")
         self.batch_size = batch_size
@@ -209,7 +211,7 @@ class ShardEpoch(IterableDataset):
             return {"bad": (record.name, problem), "index": record.number}
         rng = np.random.default_rng([s.seed, self.epoch, record.number])
         caption = meta["text"][int(rng.integers(len(meta["text"])))]
-        audio = fit_length(wave, s.n_samples, rng)
+        audio = fit_length(wave, s.n_samples, rng, s.pad)
         if s.gain_db > 0 or s.shift_samples > 0:
             audio = augment_wave(audio, s.gain_db, s.shift_samples, np.random.default_rng([s.seed, self.epoch, record.number, 1]))
         return {"audio": audio, "caption": caption, "audio_id": record.number, "index": record.number}
@@ -236,5 +238,5 @@ def stream_for(cfg, rank_rows: tuple[int, int] | None = None) -> ShardStream | N
     return ShardStream(
         open_shards(d.train), cfg.audio.sample_rate, cfg.audio.clip_seconds, cfg.train.batch_size, cfg.train.seed,
         d.num_workers, d.shuffle_buffer, d.on_bad_sample, cfg.audio.max_seconds, rank_rows,
-        cfg.augment.gain_db, cfg.augment.shift_seconds,
+        cfg.augment.gain_db, cfg.augment.shift_seconds, cfg.audio.pad,
     )
