@@ -22,7 +22,7 @@ import torch
 
 from clarion.models import load_model_config
 from clarion.data.manifest import read_manifest
-from clarion.evaluate.embed import embed_captions, embed_clips
+from clarion.evaluate.embed import embed_captions, embed_clips, eval_precision
 from clarion.rundir import load_model
 from clarion.runtime import resolve_device
 from clarion.train.loop import train
@@ -65,7 +65,7 @@ def main() -> None:
         _, index, _ = embed_clips(model, val, cfg, device)
         clip_s = time.perf_counter() - start
         start = time.perf_counter()
-        embed_captions(model, val.captions, device, cfg.train.eval_batch_size, cfg.train.amp)
+        embed_captions(model, val.captions, device, cfg.train.eval_batch_size, eval_precision(cfg, device))
         caption_s = time.perf_counter() - start
 
     result = {

@@ -16,8 +16,10 @@ from clarion.api import ClarionModel, load
 from clarion.cli import main
 from clarion.audio import AudioError
 from clarion.data.manifest import read_manifest
-from clarion.evaluate.embed import embed_captions, embed_clips
+from clarion.config import load_config
+from clarion.evaluate.embed import embed_captions, embed_clips, eval_precision
 from clarion.evaluate.zeroshot import class_embeddings, evaluate_zeroshot
+from clarion.models import build_model, train_tokenizer
 from clarion.rundir import RunError, load_model, load_objective
 
 from serve_fixtures import clip_wave, tiny_run, write_clips
@@ -115,7 +117,7 @@ def test_embed_text_equals_the_model(setup, model):
     with torch.no_grad():
         expected = direct.embed_text(texts)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(got, embed_captions(direct, texts, CPU, 128, False), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, embed_captions(direct, texts, CPU, 128), atol=1e-6, rtol=0)
     assert model.embed_text("a dog barks").shape == (1, 32)
     for bad in ([""], ["ok", "   "], [None]):
         with pytest.raises(ValueError, match="empty or not a string"):
@@ -142,7 +144,7 @@ def test_classify_matches_zero_shot_evaluation(setup, model):
     paths = [setup["audio"] / r for r in setup["rels"]]
     result = model.classify(paths, LABELS, prompt=prompts)
 
-    classes = class_embeddings(lambda c: embed_captions(direct, c, CPU, 128, False), LABELS, prompts)
+    classes = class_embeddings(lambda c: embed_captions(direct, c, CPU, 128), LABELS, prompts)
     expected = model.embed_audio(paths).double() @ classes.T
     torch.testing.assert_close(result.scores.double(), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(result.probs.sum(1), torch.ones(len(paths)))
@@ -283,3 +285,19 @@ def test_export_keeps_pretrained_tower_files(setup, tmp_path):
     assert torch.equal(exported.embed_text(texts), want_text)
     assert torch.equal(exported.embed_audio(paths), want_audio)
     assert exported.fingerprint == original.fingerprint
+
+
+def test_evaluation_runs_in_the_runs_training_precision(tmp_path):
+    """embed_captions under the run's precision: bf16 autocast (CPU) gives float32 embeddings
+    close to, but not equal to, the fp32 ones; eval_precision resolves train.precision."""
+    cfg = load_config(None, ["train.precision=bf16"])
+    assert eval_precision(cfg, CPU) == "bf16"
+    assert eval_precision(load_config(), CPU) == "fp32"  # auto on CPU
+    tokenizer = train_tokenizer(["a dog barks", "rain falls on a roof"], 50)
+    model = build_model(cfg, tokenizer).eval()
+    texts = ["a dog barks", "rain falls"]
+    full = embed_captions(model, texts, CPU, 8, "fp32")
+    half = embed_captions(model, texts, CPU, 8, eval_precision(cfg, CPU))
+    assert half.dtype == torch.float32
+    assert not torch.equal(full, half)
+    torch.testing.assert_close(half, full, atol=5e-2, rtol=0)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from clarion.config import Config, ConfigError, load_config
+from clarion.config import Config, ConfigError, load_config, read_config
 
 
 def test_defaults_match_the_documented_protocol():
@@ -95,3 +95,10 @@ def test_ranges_are_declared_with_their_fields():
     assert "sample_rate" in {f.name for f in dataclasses.fields(AudioConfig) if "check" in f.metadata}
     with pytest.raises(ConfigError, match="train.batch_size: 0 is out of range; expected positive"):
         load_config(None, ["train.batch_size=0"])
+
+
+def test_an_override_whose_value_is_not_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.freeze_patterns=.*not valid YAML \(found unknown escape character"):
+        read_config(None, ['model.freeze_patterns=["a\\.b"]'])
+    cfg, _ = read_config(None, ["model.freeze_patterns=['audio_encoder\\.blocks\\.0\\.']"])
+    assert cfg.model.freeze_patterns == ["audio_encoder\\.blocks\\.0\\."]

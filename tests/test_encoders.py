@@ -4,6 +4,7 @@ nothing is downloaded (HF_HUB_OFFLINE=1, and the code passes local_files_only=Tr
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
@@ -34,7 +35,7 @@ from clarion.train.loop import build_optimizer, train
 from conftest import TINY
 
 transformers = pytest.importorskip("transformers")
-from clarion.models.hf import HfLoadError, build_hf_audio, build_hf_text  # noqa: E402
+from clarion.models.hf import HfLoadError, build_hf_audio, build_hf_text, hf_sample_rate  # noqa: E402
 
 CAPTIONS = ["a dog barks twice", "rain falls on a tin roof", "a low tone beeps once", "birds sing", "a high pitched beep"]
 
@@ -440,3 +441,16 @@ def test_minilm_packaged_text_encoder():
     with torch.no_grad():
         e = torch.nn.functional.normalize(encoder(["a dog barks", "a dog is barking loudly", "stock prices fell today"]), dim=1)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_hf_sample_rate_reads_either_saved_processor_layout(tmp_path):
+    """transformers 4 saves a feature extractor as preprocessor_config.json, transformers 5 a whole
+    processor as processor_config.json with a feature_extractor part: both give the rate."""
+    old, new, none = tmp_path / "old", tmp_path / "new", tmp_path / "none"
+    for folder in (old, new, none):
+        folder.mkdir()
+    (old / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000}))
+    (new / "processor_config.json").write_text(json.dumps({"feature_extractor": {"sampling_rate": 48000}}))
+    assert hf_sample_rate(str(old)) == 16000
+    assert hf_sample_rate(str(new)) == 48000
+    assert hf_sample_rate(str(none)) is None

@@ -391,7 +391,14 @@ def read_config_keys(
         key = key.strip()
         if "." not in key:
             key = f"objective.options.{key}"
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            reason = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(
+                f"override {item!r}: its value is not valid YAML ({reason}); quote it with single quotes "
+                f"(key='...') so backslashes stay literal"
+            ) from None
         _set_path(data, key, value)
         given |= {key} | _given_keys(value, key + ".")
     return config_from_dict(data), frozenset(given)

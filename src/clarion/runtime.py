@@ -21,13 +21,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_for(device: torch.device, enabled: bool) -> AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op context elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def resolve_precision(precision: str, amp: bool, device: torch.device) -> str:
     """The arithmetic a training step runs in: ``train.precision`` when it is not ``auto``
     (``train.amp`` is then ignored), else what ``train.amp`` always meant: ``bf16`` on CUDA when

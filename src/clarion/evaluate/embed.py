@@ -14,7 +14,7 @@ from ..audio import ClipCache, WindowPlan, embed_windowed, file_windows
 from ..data.loaders import ClipDataset, collate
 from ..data.records import BadRow, BadSampleError, Manifest
 from ..models import DualEncoder
-from ..runtime import autocast_for
+from ..runtime import precision_autocast, resolve_precision
 from .geometry import embedding_geometry
 from .ot_retrieval import CostFn, euclidean_cost, ot_scores
 from .retrieval import retrieval_metrics
@@ -46,7 +46,7 @@ def embed_clips(
         bad.extend(batch["bad"])
         if len(batch["audio"]) == 0:
             continue
-        with autocast_for(device, cfg.train.amp):
+        with precision_autocast(device, eval_precision(cfg, device)):
             embeddings.append(model.embed_audio(batch["audio"].to(device)).float().cpu())
         indices.append(batch["clip"])
     if not embeddings:
@@ -69,7 +69,7 @@ def embed_clip_windows(
     model.eval()
 
     def embed(windows: np.ndarray) -> torch.Tensor:
-        with autocast_for(device, cfg.train.amp):
+        with precision_autocast(device, eval_precision(cfg, device)):
             return model.embed_audio(torch.from_numpy(windows).to(device)).float().cpu()
 
     sources = [lambda clip=clip: file_windows(clip, cfg.audio.sample_rate, plan) for clip in manifest.clips]
@@ -90,12 +90,20 @@ def embed_clip_windows(
 
 
 @torch.no_grad()
-def embed_captions(model: DualEncoder, captions: list[str], device: torch.device, batch_size: int, amp: bool) -> torch.Tensor:
-    """[n, d] caption embeddings (CPU, fp32)."""
+def eval_precision(cfg: Config, device: torch.device) -> str:
+    """The arithmetic evaluation runs in: the run's training precision (``train.precision``,
+    ``auto`` resolved from ``train.amp`` as in training), so a model is scored as it was trained."""
+    return resolve_precision(cfg.train.precision, cfg.train.amp, device)
+
+
+def embed_captions(
+    model: DualEncoder, captions: list[str], device: torch.device, batch_size: int, precision: str = "fp32"
+) -> torch.Tensor:
+    """[n, d] caption embeddings (CPU, fp32); the forward passes under ``precision``'s autocast."""
     model.eval()
     out = []
     for start in range(0, len(captions), batch_size):
-        with autocast_for(device, amp):
+        with precision_autocast(device, precision):
             out.append(model.embed_text(captions[start : start + batch_size]).float().cpu())
     return torch.cat(out)
 
@@ -129,7 +137,7 @@ def embed_manifest(
     caption_clip = position[torch.from_numpy(manifest.audio_ids)]
     keep = (caption_clip >= 0).tolist()
     rows = [row for row, k in zip(manifest.rows, keep) if k]
-    text = embed_captions(model, [row.caption for row in rows], device, cfg.train.eval_batch_size, cfg.train.amp)
+    text = embed_captions(model, [row.caption for row in rows], device, cfg.train.eval_batch_size, eval_precision(cfg, device))
     return EmbeddedSet(audio, text, caption_clip[torch.tensor(keep)], [row.lang for row in rows], len(bad))
 
 

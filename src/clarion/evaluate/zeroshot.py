@@ -22,7 +22,7 @@ from ..config import Config
 from ..audio import ClipCache
 from ..data.manifest import Manifest
 from ..models import DualEncoder
-from .embed import embed_captions, embed_clips
+from .embed import embed_captions, embed_clips, eval_precision
 
 log = logging.getLogger("clarion.evaluate")
 
@@ -290,5 +290,5 @@ def class_text_embeddings(
 ) -> torch.Tensor:
     """:func:`class_embeddings` of ``labels`` with the model's text tower."""
     return class_embeddings(
-        lambda captions: embed_captions(model, captions, device, cfg.train.eval_batch_size, cfg.train.amp), labels, prompts
+        lambda captions: embed_captions(model, captions, device, cfg.train.eval_batch_size, eval_precision(cfg, device)), labels, prompts
     )

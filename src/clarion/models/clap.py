@@ -40,7 +40,6 @@ weights live in the run's ``model.safetensors``.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,7 +49,10 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .hf import HfLoadError, _check_loading, _offline, _saved_dir, _source, _transformers
+from .hf import (
+    HfLoadError, _check_loading, _offline, _saved_dir, _source, _transformers, feature_extractor_settings, local_file,
+    read_json,
+)
 
 CLAP_PREFIX = "hf-clap:"
 _SCOPE: dict[str, Any] | None = None  # ClapModels read while one build_model call runs
@@ -72,33 +74,6 @@ def clap_spec_source(spec: str | Path) -> str:
 # reading the checkpoint's settings without building it
 
 
-def _local_file(name: str, filename: str) -> Path | None:
-    """``filename`` of a local folder, or of a hub id in the local cache; None when absent."""
-    path = Path(name).expanduser() / filename
-    if path.is_file():
-        return path
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    try:
-        cached = try_to_load_from_cache(name, filename)
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not found
-        return None
-    return Path(cached) if isinstance(cached, str) else None
-
-
-def _read_json(name: str, filename: str) -> dict[str, Any] | None:
-    path = _local_file(name, filename)
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def clap_settings(name: str) -> dict[str, Any] | None:
     """What the config resolution needs from a CLAP folder, read from its JSON files without
     transformers: ``projection_dim``, ``sample_rate``, ``window_seconds`` (the model window),
@@ -106,7 +81,7 @@ def clap_settings(name: str) -> dict[str, Any] | None:
     ``max_tokens`` (text positions: ``max_position_embeddings − 2``, RoBERTa's offset).
     None when the folder (or its ``config.json``) cannot be found here; :class:`ConfigError` when
     it holds another kind of model."""
-    config = _read_json(name, "config.json")
+    config = read_json(name, "config.json")
     if config is None:
         return None
     if config.get("model_type") != "clap":
@@ -117,9 +92,7 @@ def clap_settings(name: str) -> dict[str, Any] | None:
     positions = (config.get("text_config") or {}).get("max_position_embeddings")
     if isinstance(positions, int) and positions > 2:
         settings["max_tokens"] = positions - 2
-    pre = _read_json(name, "preprocessor_config.json")
-    if pre is None:  # transformers 5 writes a processor's parts into processor_config.json
-        pre = (_read_json(name, "processor_config.json") or {}).get("feature_extractor") or {}
+    pre = feature_extractor_settings(name)
     if isinstance(pre.get("sampling_rate"), (int, float)):
         settings["sample_rate"] = int(pre["sampling_rate"])
         if isinstance(pre.get("max_length_s"), (int, float)):
@@ -135,11 +108,11 @@ def clap_logit_scale(name: str) -> float | None:
     None when the weights are not safetensors or cannot be found."""
     from safetensors import safe_open
 
-    path = _local_file(name, "model.safetensors")
+    path = local_file(name, "model.safetensors")
     if path is None:
-        index = _read_json(name, "model.safetensors.index.json")
+        index = read_json(name, "model.safetensors.index.json")
         shard = (index or {}).get("weight_map", {}).get("logit_scale_a")
-        path = _local_file(name, shard) if isinstance(shard, str) else None
+        path = local_file(name, shard) if isinstance(shard, str) else None
     if path is None:
         return None
     with safe_open(str(path), framework="pt") as fh:

@@ -236,24 +236,46 @@ def build_hf_audio(name: str | None, saved: Path | None = None) -> HfAudioEncode
     return HfAudioEncoder(model.float(), fe, name or source)
 
 
-def hf_sample_rate(name: str) -> int | None:
-    """The ``sampling_rate`` in the model's ``preprocessor_config.json`` (local directory or the
-    local hub cache), without importing transformers; None when it cannot be found."""
-    path = Path(name).expanduser() / "preprocessor_config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        try:
-            cached = try_to_load_from_cache(name, "preprocessor_config.json")
-        except Exception:  # noqa: BLE001 - an invalid repo id is simply not found
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
+def local_file(name: str, filename: str) -> Path | None:
+    """``filename`` of a local folder, or of a hub id in the local cache; None when absent."""
+    path = Path(name).expanduser() / filename
+    if path.is_file():
+        return path
     try:
-        rate = json.loads(path.read_text()).get("sampling_rate")
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(name, filename)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not found
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def read_json(name: str, filename: str) -> dict[str, Any] | None:
+    """A JSON object file of a model folder or cached hub id; None when absent or not an object."""
+    path = local_file(name, filename)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def feature_extractor_settings(name: str) -> dict[str, Any]:
+    """The feature extractor's saved settings: ``preprocessor_config.json``, or the
+    ``feature_extractor`` part of ``processor_config.json`` (how transformers 5 saves a
+    processor); {} when neither is found."""
+    settings = read_json(name, "preprocessor_config.json")
+    if settings is None:
+        settings = (read_json(name, "processor_config.json") or {}).get("feature_extractor")
+    return settings if isinstance(settings, dict) else {}
+
+
+def hf_sample_rate(name: str) -> int | None:
+    """The extractor's ``sampling_rate`` (:func:`feature_extractor_settings`; local directory or
+    the local hub cache), without importing transformers; None when it cannot be found."""
+    rate = feature_extractor_settings(name).get("sampling_rate")
     return int(rate) if isinstance(rate, (int, float)) else None
