@@ -298,6 +298,6 @@ def test_evaluation_runs_in_the_runs_training_precision(tmp_path):
     texts = ["a dog barks", "rain falls"]
     full = embed_captions(model, texts, CPU, 8, "fp32")
     half = embed_captions(model, texts, CPU, 8, eval_precision(cfg, CPU))
-    assert half.dtype == torch.float32
+    assert half.dtype == torch.float32 and not half.requires_grad and not full.requires_grad  # under no_grad
     assert not torch.equal(full, half)
     torch.testing.assert_close(half, full, atol=5e-2, rtol=0)

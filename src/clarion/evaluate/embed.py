@@ -89,13 +89,13 @@ def embed_clip_windows(
     return torch.stack(embeddings), torch.tensor(indices, dtype=torch.long), bad
 
 
-@torch.no_grad()
 def eval_precision(cfg: Config, device: torch.device) -> str:
     """The arithmetic evaluation runs in: the run's training precision (``train.precision``,
     ``auto`` resolved from ``train.amp`` as in training), so a model is scored as it was trained."""
     return resolve_precision(cfg.train.precision, cfg.train.amp, device)
 
 
+@torch.no_grad()
 def embed_captions(
     model: DualEncoder, captions: list[str], device: torch.device, batch_size: int, precision: str = "fp32"
 ) -> torch.Tensor:
