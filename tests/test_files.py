@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from clarion.files import atomic_dir, atomic_write, atomic_write_text, sha256
+from clarion.files import atomic_dir, atomic_write, atomic_write_text, check_replaceable, sha256
 
 
 def test_atomic_write_replaces_the_file_and_keeps_normal_permissions(tmp_path):
@@ -107,3 +107,21 @@ def test_writers_follow_a_stricter_umask(tmp_path):
     finally:
         os.umask(old)
     assert _mode(tmp_path / "private.txt") == 0o600 and _mode(tmp_path / "private") == 0o700
+
+
+def test_check_replaceable_refuses_a_non_empty_folder_without_overwrite_and_a_foreign_one_with_it(tmp_path):
+    class Refused(Exception):
+        pass
+
+    check_replaceable(tmp_path / "missing", "config.yaml", "a model", False, Refused)
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", "config.yaml", "a model", False, Refused)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(), theirs.mkdir()
+    (ours / "config.yaml").write_text("x")
+    (theirs / "notes.txt").write_text("x")
+    with pytest.raises(Refused, match="exists and is not empty"):
+        check_replaceable(ours, "config.yaml", "a model", False, Refused)
+    check_replaceable(ours, "config.yaml", "a model", True, Refused)
+    with pytest.raises(Refused, match="is not a model; refusing to replace it"):
+        check_replaceable(theirs, "config.yaml", "a model", True, Refused)

@@ -41,7 +41,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .config import Config, config_from_dict
-from .files import atomic_dir
+from .files import atomic_dir, check_replaceable
 from .audio import AudioError, Pooled, WindowPlan, embed_windowed, file_windows, fit_length, read_audio, wave_windows
 from .evaluate.zeroshot import DEFAULT_PROMPT, class_embeddings
 from .models import DualEncoder
@@ -400,11 +400,7 @@ class ClarionModel:
         docstring). An existing non-empty ``out`` is replaced only with ``overwrite`` and only
         when it holds a model (``config.yaml``)."""
         out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            if not overwrite:
-                raise RunError(f"{out} exists and is not empty (overwrite it with --overwrite)")
-            if not (out / "config.yaml").is_file():
-                raise RunError(f"{out} is not a clarion model directory; refusing to replace it")
+        check_replaceable(out, "config.yaml", "a clarion model directory", overwrite, RunError)
         with atomic_dir(out) as tmp:
             self.cfg.save(tmp / "config.yaml")
             self.tokenizer.save(str(tmp / "tokenizer.json"))

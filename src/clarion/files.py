@@ -164,6 +164,18 @@ def atomic_dir(path: Path, exists: Literal["replace", "keep"] = "replace", fsync
         raise
 
 
+def check_replaceable(out: Path, marker: str, what: str, overwrite: bool, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``out`` may be written by :func:`atomic_dir`: it is missing, an empty
+    folder, or, with ``overwrite``, a folder holding ``marker`` (a file only ``what`` has), so
+    ``--overwrite`` never replaces a folder of something else."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise error(f"{out} exists and is not empty (overwrite it with --overwrite)")
+    if not (out / marker).is_file():
+        raise error(f"{out} is not {what}; refusing to replace it")
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

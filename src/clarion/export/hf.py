@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..api import ClarionModel
-from ..files import atomic_dir
+from ..files import atomic_dir, check_replaceable
 from ..models.clap import ClapAudioTower, ClapTextTower
 from ..objectives.infonce import MAX_LOGIT_SCALE
 from ..rundir import RunError
@@ -63,11 +63,7 @@ def export_hf(model: ClarionModel, out: str | os.PathLike, overwrite: bool = Fal
 
     audio, text = _check_clap(model)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise ExportError(f"{out} exists and is not empty (overwrite it with --overwrite)")
-        if not (out / "config.json").is_file():
-            raise ExportError(f"{out} is not a Hugging Face model folder; refusing to replace it")
+    check_replaceable(out, "config.json", "a Hugging Face model folder", overwrite, ExportError)
     config = copy.deepcopy(audio.clap_config)
     config.text_config = copy.deepcopy(text.clap_config.text_config)
     scale = logit_scale_of(model.objective_state)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import ClarionModel
-from ..files import atomic_dir, atomic_write_json
+from ..files import atomic_dir, atomic_write_json, check_replaceable
 from ..models.audio import CnnAudioEncoder
 from ..models.hf import HfTextEncoder
 from ..models.panns import PannsEncoder
@@ -166,11 +166,7 @@ def export_onnx(model: ClarionModel, out: str | Path, overwrite: bool = False, s
     ort = _needs_onnx()
     check_exportable(model)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise OnnxExportError(f"{out} exists and is not empty (overwrite it with --overwrite)")
-        if not (out / MANIFEST).is_file():
-            raise OnnxExportError(f"{out} is not a clarion ONNX export; refusing to replace it")
+    check_replaceable(out, MANIFEST, "a clarion ONNX export", overwrite, OnnxExportError)
     net = model.model.to("cpu").eval()
     n = model.clip_samples
     generator = torch.Generator().manual_seed(seed)
