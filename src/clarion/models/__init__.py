@@ -44,45 +44,37 @@ from torch import nn
 from ..config import AudioConfig, Config, ConfigError, ModelConfig, read_config_keys
 from ..objectives import accepts_option
 from .audio import CnnAudioEncoder
+from .clap import (
+    build_clap_audio, build_clap_text, clap_logit_scale, clap_settings, loading_scope, temperature_from_logit_scale,
+)
 from .dual import DualEncoder, Projection
+from .hf import build_hf_audio, build_hf_text, hf_sample_rate, minilm_packaged_path
 from .panns import SAMPLE_RATE as PANNS_SAMPLE_RATE
 from .panns import Cnn14, build_panns
 from .text import TransformerTextEncoder, train_tokenizer
 
 
 def _hf_text(m: ModelConfig, saved: Path | None) -> nn.Module:
-    from .hf import build_hf_text
-
     return build_hf_text(m.text_pretrained, m.max_tokens, m.text_pooling, saved)
 
 
 def _minilm_packaged(m: ModelConfig, saved: Path | None) -> nn.Module:
-    from .hf import build_hf_text, minilm_packaged_path
-
     return build_hf_text(None if saved else minilm_packaged_path(), m.max_tokens, m.text_pooling, saved)
 
 
 def _hf_audio(m: ModelConfig, saved: Path | None) -> nn.Module:
-    from .hf import build_hf_audio
-
     return build_hf_audio(m.audio_pretrained, saved)
 
 
 def _hf_audio_rate(m: ModelConfig) -> int | None:
-    from .hf import hf_sample_rate
-
     return hf_sample_rate(m.audio_pretrained) if m.audio_pretrained else None
 
 
 def _clap_audio(m: ModelConfig, saved: Path | None) -> nn.Module:
-    from .clap import build_clap_audio
-
     return build_clap_audio(m.clap_pretrained, saved)
 
 
 def _clap_text(m: ModelConfig, saved: Path | None) -> nn.Module:
-    from .clap import build_clap_text
-
     return build_clap_text(m.clap_pretrained, m.max_tokens, saved)
 
 
@@ -91,8 +83,6 @@ def _clap_settings(m: ModelConfig) -> dict:
     hf-clap tower is configured or its files are not found here (a run moved elsewhere)."""
     if CLAP not in (m.audio_encoder, m.text_encoder) or not m.clap_pretrained:
         return {}
-    from .clap import clap_settings
-
     return clap_settings(m.clap_pretrained) or {}
 
 
@@ -198,8 +188,6 @@ def resolve_pretrained(cfg: Config, given: frozenset[str]) -> Config:
     options = cfg.objective.options
     if "objective.options.init_temperature" not in given and "init_temperature" not in options:
         if accepts_option(cfg.objective.name, "init_temperature"):
-            from .clap import clap_logit_scale, temperature_from_logit_scale
-
             scale = clap_logit_scale(m.clap_pretrained)
             if scale is not None:
                 options["init_temperature"] = temperature_from_logit_scale(scale)
@@ -241,8 +229,6 @@ def build_model(cfg: Config, tokenizer: Tokenizer, saved: str | Path | None = No
         if name not in table:
             raise ValueError(f"unknown {kind} encoder {name!r}; available: {', '.join(sorted(table))}")
     saved = Path(saved) if saved is not None else None
-    from .clap import loading_scope
-
     with loading_scope():  # both hf-clap towers from one read of the checkpoint
         audio = AUDIO_ENCODERS[m.audio_encoder](m, cfg.audio, saved / "audio_encoder" if saved else None)
         text = TEXT_ENCODERS[m.text_encoder](m, tokenizer, saved / "text_encoder" if saved else None)
