@@ -85,16 +85,25 @@ def save_model(
         raise RunError(f"cannot write {weights}: {exc} (disk full or not writable?); the previous file is intact") from exc
 
 
-def pretrained_clap_run(spec: str | Path) -> tuple[Config, Tokenizer, DualEncoder, Objective]:
-    """``hf-clap:PATH`` as a run: (config, tokenizer, model in eval mode, objective), nothing
-    written. The config is what ``model.audio_encoder=hf-clap model.text_encoder=hf-clap
-    model.clap_pretrained=PATH`` resolves to (:func:`clarion.models.resolve_pretrained`); the
-    clarion tokenizer is an empty placeholder (CLAP's own tokenizer does the work)."""
+def pretrained_clap_config(spec: str | Path) -> Config:
+    """The config of ``hf-clap:PATH``: what ``model.audio_encoder=hf-clap model.text_encoder=hf-clap
+    model.clap_pretrained=PATH`` resolves to (:func:`clarion.models.resolve_pretrained`; the
+    checkpoint's JSON files are read, its weights are not)."""
     source = clap_spec_source(spec)
     try:
-        cfg = load_model_config(
+        return load_model_config(
             None, ["model.audio_encoder=hf-clap", "model.text_encoder=hf-clap", f"model.clap_pretrained={source}"]
         )
+    except ValueError as exc:
+        raise RunError(f"{spec}: cannot build the pretrained CLAP: {exc}") from exc
+
+
+def pretrained_clap_run(spec: str | Path) -> tuple[Config, Tokenizer, DualEncoder, Objective]:
+    """``hf-clap:PATH`` as a run: (config, tokenizer, model in eval mode, objective), nothing
+    written. The config is :func:`pretrained_clap_config`'s; the clarion tokenizer is an empty
+    placeholder (CLAP's own tokenizer does the work)."""
+    cfg = pretrained_clap_config(spec)
+    try:
         tokenizer = train_tokenizer([], cfg.model.vocab_size)
         model = build_model(cfg, tokenizer)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -104,7 +113,7 @@ def pretrained_clap_run(spec: str | Path) -> tuple[Config, Tokenizer, DualEncode
 
 def load_run_config(run: Path) -> Config:
     if is_clap_spec(run):
-        return pretrained_clap_run(run)[0]
+        return pretrained_clap_config(run)
     path = run / "config.yaml"
     if not path.is_file():
         raise RunError(f"{run} is not a clarion run: {path.name} is missing")
@@ -193,7 +202,7 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[Con
 def load_objective(run: str | Path, device: str | torch.device = "cpu") -> Objective:
     """The run's objective with its learned state (temperature, radius predictor, metric M)."""
     if is_clap_spec(run):
-        return pretrained_clap_run(run)[3].to(device).eval()
+        return build_run_objective(pretrained_clap_config(run)).to(device).eval()
     run = Path(run)
     objective = build_run_objective(load_run_config(run))
     state = {k[len(OBJECTIVE_PREFIX) :]: v for k, v in read_weights(run).items() if k.startswith(OBJECTIVE_PREFIX)}
