@@ -51,6 +51,7 @@ BatchNorm uses each rank's local batch statistics (as usual in DDP; no SyncBatch
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from contextlib import nullcontext
@@ -261,7 +262,12 @@ def shutdown_process_group(clean: bool = True) -> None:
     """Destroy the process group; when ``clean`` (every rank finished the same collectives), first
     wait for all ranks. Without that barrier a rank can tear gloo down while a peer's last send is
     still in flight, which aborts the process at exit ("terminate called without an active
-    exception"). After an error no barrier: the other ranks may be inside another collective."""
+    exception"). After an error no barrier: the other ranks may be inside another collective.
+
+    Garbage is collected first: a DistributedDataParallel wrapper kept alive by a reference cycle
+    (the trainer's callbacks hold the trainer) would otherwise be destroyed at interpreter exit,
+    after its process group, and its reducer's teardown can abort the process the same way."""
+    gc.collect()
     if clean:
         dist.barrier()
     dist.destroy_process_group()
